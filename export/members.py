@@ -1,0 +1,330 @@
+"""The ensemble members: Dilated Residual Networks (Yu, Koltun, Funkhouser 2017) with fracture heads.
+
+Backbone layout (output stride 8), levels 0..8 with channels (16, 32, 64, 128, 256, 512, 512, 512):
+
+    level 0    7x7 conv, stride 1                 (D: its own level; C: the stem before level 1)
+    level 1-2  C: residual BasicBlocks            D: plain 3x3 conv-bn-relu layers   (level 2: stride 2)
+    level 3-4  residual blocks, stride 2 each
+    level 5-6  residual blocks, dilation 2 and 4  (no more striding: the map stays at S/8)
+    level 7-8  dilation 2 then 1, no residual     ("degridding"; C: BasicBlocks, D: conv layers)
+
+A member (`FractureMember`) takes the pre-processed image pair `image` [B, 2, S, S]
+(channel 0 plain, channel 1 LCN, both in [-1, 1]), picks the channel(s) its spec asks for,
+and outputs probabilities: `score` [B, 1] and, for map members, `map` [B, 1, S/8, S/8].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fracscan.spec import ARCHS, MemberSpec
+
+CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
+SPP_GRIDS = (1, 2, 4)  # spatial pyramid pooling grids: 1x1 + 2x2 + 4x4 = 21 bins per channel
+
+# arch -> (stem kind, residual block, blocks per level 1..8)
+ARCH_CONFIGS: dict[str, tuple[str, str, tuple[int, ...]]] = {
+    "drn_c_26": ("C", "basic", (1, 1, 2, 2, 2, 2, 1, 1)),
+    "drn_d_22": ("D", "basic", (1, 1, 2, 2, 2, 2, 1, 1)),
+    "drn_d_38": ("D", "basic", (1, 1, 3, 4, 6, 3, 1, 1)),
+    "drn_d_54": ("D", "bottleneck", (1, 1, 3, 4, 6, 3, 1, 1)),
+}
+assert set(ARCH_CONFIGS) == set(ARCHS)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's state_dict does not fit the member's architecture; the message says how."""
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """Channel count under a width multiplier: a multiple of 4, at least 4."""
+    if width == 1.0:
+        return channels
+    return max(4, int(round(channels * width / 4)) * 4)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation=(1, 1), residual: bool = True):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride, dilation[0])
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, 1, dilation[1])
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(cin, planes, stride) if residual else None
+        self.residual = residual
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation=(1, 1), residual: bool = True):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride, dilation[1])
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = _shortcut(cin, cout, stride) if residual else None
+        self.residual = residual
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out)
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """1x1 projection on the residual path when the shape changes (None: identity)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
+def _conv_layers(cin: int, cout: int, n: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """DRN-D's plain levels: n x (3x3 conv, BN, ReLU), the first one strided."""
+    mods: list[nn.Module] = []
+    for i in range(n):
+        mods += [_conv3x3(cin if i == 0 else cout, cout, stride if i == 0 else 1, dilation),
+                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*mods)
+
+
+def _res_level(block, cin: int, planes: int, n: int, stride: int = 1, dilation: int = 1,
+               residual: bool = True) -> nn.Sequential:
+    blocks = [block(cin, planes, stride, (dilation, dilation), residual)]
+    blocks += [block(planes * block.expansion, planes, 1, (dilation, dilation), residual) for _ in range(n - 1)]
+    return nn.Sequential(*blocks)
+
+
+class DRN(nn.Module):
+    """DRN feature extractor: [B, in_channels, S, S] -> [B, out_channels, S/8, S/8]."""
+
+    def __init__(self, arch: str, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        if arch not in ARCH_CONFIGS:
+            raise ValueError(f"unknown arch {arch!r}, expected one of {list(ARCH_CONFIGS)}")
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        kind, block_name, n = ARCH_CONFIGS[arch]
+        block = BasicBlock if block_name == "basic" else Bottleneck
+        ch = [scale_channels(c, width) for c in CHANNELS]
+        exp = block.expansion
+
+        self.layer0 = nn.Sequential(nn.Conv2d(in_channels, ch[0], 7, padding=3, bias=False),
+                                    nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True))
+        if kind == "C":
+            self.layer1 = _res_level(BasicBlock, ch[0], ch[0], n[0])
+            self.layer2 = _res_level(BasicBlock, ch[0], ch[1], n[1], stride=2)
+        else:
+            self.layer1 = _conv_layers(ch[0], ch[0], n[0])
+            self.layer2 = _conv_layers(ch[0], ch[1], n[1], stride=2)
+        self.layer3 = _res_level(block, ch[1], ch[2], n[2], stride=2)
+        self.layer4 = _res_level(block, ch[2] * exp, ch[3], n[3], stride=2)
+        self.layer5 = _res_level(block, ch[3] * exp, ch[4], n[4], dilation=2)
+        self.layer6 = _res_level(block, ch[4] * exp, ch[5], n[5], dilation=4)
+        if kind == "C":
+            self.layer7 = _res_level(BasicBlock, ch[5] * exp, ch[6], n[6], dilation=2, residual=False)
+            self.layer8 = _res_level(BasicBlock, ch[6], ch[7], n[7], dilation=1, residual=False)
+        else:
+            self.layer7 = _conv_layers(ch[5] * exp, ch[6], n[6], dilation=2)
+            self.layer8 = _conv_layers(ch[6], ch[7], n[7], dilation=1)
+        self.out_channels = ch[7]
+
+        for m in self.modules():  # He init as in the DRN paper's code: N(0, 2 / (k*k*out_channels))
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        for i in range(9):
+            x = getattr(self, f"layer{i}")(x)
+        return x
+
+
+class DRNClassifier(nn.Module):
+    """ImageNet-style DRN: global average pool + 1x1 conv classifier (as in the paper's parameter counts)."""
+
+    def __init__(self, arch: str, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        self.backbone = DRN(arch, in_channels, width)
+        self.fc = nn.Conv2d(self.backbone.out_channels, num_classes, 1)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.backbone(x), 1)).flatten(1)
+
+
+def drn_backbone(arch: str, num_classes: int = 1000) -> DRNClassifier:
+    """The full-width ImageNet classifier of an arch (used to check parameter counts against the paper)."""
+    return DRNClassifier(arch, num_classes)
+
+
+class FractureMember(nn.Module):
+    """One ensemble member built from a `MemberSpec`.
+
+    `forward(image)` returns {"score": [B, 1], "map": [B, 1, S/8, S/8] (map members only)} as
+    probabilities; `forward_logits(image)` returns the same before the sigmoid (for training
+    with BCE-with-logits). Every member takes the same input `image` [B, 2, S, S].
+    """
+
+    def __init__(self, spec: MemberSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = DRN(spec.arch, in_channels=spec.in_channels, width=spec.width)
+        c = self.backbone.out_channels
+        # Spatial attention: a per-pixel weight in (0, 1) that gates the features before pooling.
+        self.attention = nn.Conv2d(c, 1, 1) if spec.attention else None
+        bins = sum(g * g for g in SPP_GRIDS) if spec.head == "spp" else 1
+        self.score_head = nn.Linear(c * bins, 1)
+        self.map_head = nn.Conv2d(c, 1, 1) if spec.map else None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("score", "map") if self.spec.map else ("score",)
+
+    def select_input(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() != 4 or image.shape[1] != 2:
+            raise ValueError(f"member {self.spec.name!r}: expected image [B, 2, S, S] "
+                             f"(plain, LCN), got {list(image.shape)}")
+        if self.spec.input == "plain":
+            return image[:, 0:1]
+        if self.spec.input == "lcn":
+            return image[:, 1:2]
+        return image
+
+    def forward_logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(self.select_input(image))
+        out = {}
+        if self.map_head is not None:
+            out_map = self.map_head(feats)
+        pooled = feats
+        if self.attention is not None:
+            pooled = feats * torch.sigmoid(self.attention(feats))
+        if self.spec.head == "spp":
+            # Max pooling over 1x1, 2x2, 4x4 grids (He et al. 2014); ONNX needs S/8 divisible by 4.
+            pooled = torch.cat([F.adaptive_max_pool2d(pooled, g).flatten(1) for g in SPP_GRIDS], dim=1)
+        else:
+            pooled = F.adaptive_avg_pool2d(pooled, 1).flatten(1)
+        out["score"] = self.score_head(pooled)
+        if self.map_head is not None:
+            out["map"] = out_map
+        return out
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.sigmoid(v) for k, v in self.forward_logits(image).items()}
+
+
+def build_member(spec: MemberSpec) -> FractureMember:
+    """A freshly initialised member (train mode, as any new nn.Module)."""
+    return FractureMember(spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _shape(t) -> str:
+    return "(" + ",".join(str(d) for d in t.shape) + ")"
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + "]" + more
+
+
+def check_state_dict(member: FractureMember, state: dict) -> None:
+    """Raise CheckpointMismatchError when `state` does not fit `member` exactly."""
+    own = member.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {_shape(state[k])} vs {_shape(own[k])}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    spec = member.spec
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:5])}"
+                        + (f" ... and {len(shapes) - 5} more" if len(shapes) > 5 else ""))
+    raise CheckpointMismatchError(
+        f"member {spec.name!r}: checkpoint does not match arch {spec.arch} width {spec.width} "
+        f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}: " + ", ".join(problems))
+
+
+def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> FractureMember:
+    """Build a member and load `spec.checkpoint` (a state_dict, path relative to `spec_dir`), in eval mode.
+
+    Accepts a bare state_dict or a dict holding one under "state_dict" / "model", and strips a
+    DataParallel "module." prefix. Raises CheckpointMismatchError if it does not fit.
+    """
+    if not spec.checkpoint:
+        raise ValueError(f"member {spec.name!r}: the spec gives no checkpoint")
+    path = Path(spec.checkpoint)
+    if not path.is_absolute() and spec_dir is not None:
+        path = Path(spec_dir) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"member {spec.name!r}: checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors: say which member and file
+        raise CheckpointMismatchError(f"member {spec.name!r}: cannot read checkpoint {path}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"member {spec.name!r}: checkpoint {path} is not a state_dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    member = build_member(spec)
+    check_state_dict(member, state)
+    member.load_state_dict(state)
+    return member.eval()
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, images) -> nn.Module:
+    """Set BatchNorm running statistics from a few batches (no weight changes).
+
+    A freshly initialised network in eval mode uses running mean 0 / var 1, so its activations
+    grow with depth and its sigmoid outputs saturate at 0 or 1; this gives untrained members
+    (tests, demos) realistic, non-saturated outputs.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the given batches
+    model.train()
+    for x in images:
+        model(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    return model.train(was_training)

@@ -1,0 +1,133 @@
+"""Averaging and post-processing (Jones et al. 2020): ensemble score, decision, boxes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from fracscan.preprocess import Geometry
+
+
+def average_scores(member_scores: np.ndarray) -> float:
+    """Unweighted mean of the member probabilities."""
+    return float(np.mean(np.asarray(member_scores, dtype=np.float64)))
+
+
+def average_maps(maps: list[np.ndarray]) -> np.ndarray | None:
+    """Unweighted mean over the members that produce a map (None when none does)."""
+    if not maps:
+        return None
+    return np.mean(np.stack([np.asarray(m, dtype=np.float32).reshape(m.shape[-2:]) for m in maps]), axis=0)
+
+
+class ThresholdsError(ValueError):
+    """The thresholds file is malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float  # fracture iff ensemble score >= threshold
+    map_threshold: float = 0.5  # binarises the averaged probability map into boxes
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-region operating points plus the fallback for unknown / unsupported regions."""
+
+    regions: dict[str, OperatingPoint]
+    fallback: OperatingPoint
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def for_region(self, region: str) -> tuple[OperatingPoint, bool]:
+        """(operating point, is_fallback) for a region name."""
+        point = self.regions.get(region)
+        return (point, False) if point is not None else (self.fallback, True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "regions": {name: asdict(p) for name, p in sorted(self.regions.items())},
+            "fallback": asdict(self.fallback),
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], where: str = "<thresholds>") -> Thresholds:
+        def point(name: str, value: Any) -> OperatingPoint:
+            if not isinstance(value, dict) or "threshold" not in value:
+                raise ThresholdsError(f"{where}: {name} needs a 'threshold'")
+            try:
+                p = OperatingPoint(float(value["threshold"]), float(value.get("map_threshold", 0.5)))
+            except (TypeError, ValueError):
+                raise ThresholdsError(f"{where}: {name} thresholds must be numbers") from None
+            if not (0.0 <= p.threshold <= 1.0 and 0.0 <= p.map_threshold <= 1.0):
+                raise ThresholdsError(f"{where}: {name} thresholds must lie in [0, 1], got {p}")
+            return p
+
+        if not isinstance(raw, dict) or "fallback" not in raw:
+            raise ThresholdsError(f"{where}: needs a 'fallback' operating point")
+        regions = {str(k): point(f"region '{k}'", v) for k, v in (raw.get("regions") or {}).items()}
+        return cls(regions, point("fallback", raw["fallback"]), dict(raw.get("provenance") or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Thresholds:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ThresholdsError(f"{path}: thresholds file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ThresholdsError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_json(raw, str(path))
+
+
+def extract_boxes(prob_map: np.ndarray, map_threshold: float, geometry: Geometry) -> np.ndarray:
+    """Boxes around connected high-probability regions, in original pixel coordinates.
+
+    Returns [K, 5] float32 rows (x0, y0, x1, y1, confidence), highest confidence first;
+    confidence is the peak probability inside the region.
+    """
+    prob = np.asarray(prob_map, dtype=np.float32)
+    labels, count = ndimage.label(prob >= map_threshold, structure=np.ones((3, 3)))
+    if count == 0:
+        return np.zeros((0, 5), dtype=np.float32)
+    stride = geometry.size / prob.shape[-1]  # = MAP_STRIDE for a DRN map
+    rows = []
+    for index, sl in enumerate(ndimage.find_objects(labels), start=1):
+        peak = float(prob[sl][labels[sl] == index].max())
+        corners = np.array([[sl[1].start, sl[0].start], [sl[1].stop, sl[0].stop]], dtype=np.float64) * stride
+        (bx0, by0), (bx1, by1) = geometry.frame_to_original(corners)
+        if bx1 - bx0 < 1e-6 or by1 - by0 < 1e-6:
+            continue  # entirely in the padding
+        rows.append((bx0, by0, bx1, by1, peak))
+    rows.sort(key=lambda r: -r[4])
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+
+
+@dataclass(frozen=True)
+class Decision:
+    fracture: bool
+    threshold: float
+    region: str
+    fallback: bool  # the region has no calibrated threshold: the fallback one was applied
+    boxes: np.ndarray  # [K, 5]
+
+
+def decide(
+    score: float, prob_map: np.ndarray | None, region: str, geometry: Geometry, thresholds: Thresholds
+) -> Decision:
+    """Fracture iff score >= the region's threshold; boxes only for a positive radiograph."""
+    point, fallback = thresholds.for_region(region)
+    fracture = bool(score >= point.threshold)
+    if fracture and prob_map is not None:
+        boxes = extract_boxes(prob_map, point.map_threshold, geometry)
+    else:
+        boxes = np.zeros((0, 5), dtype=np.float32)
+    return Decision(fracture, point.threshold, region, fallback, boxes)

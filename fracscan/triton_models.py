@@ -1,0 +1,205 @@
+"""Triton python-backend adapters over `fracscan.pipeline`.
+
+Each `model.py` in a generated repository is one line that imports one of these classes as
+`TritonPythonModel`. They translate tensors and errors; the algorithm lives in the library.
+A bad input becomes an INVALID_ARG error response for that request: no exception escapes
+`execute`, so the stub never crashes on input.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # only importable inside the Triton python stub
+
+from fracscan.pipeline import (
+    SPEC_FILE,
+    THRESHOLDS_FILE,
+    InputError,
+    combine,
+    ort_session,
+    prepare,
+    run_member,
+)
+from fracscan.postprocess import Thresholds, decide
+from fracscan.preprocess import Geometry
+from fracscan.spec import load_spec
+
+
+def _error(step: str, exc: BaseException, invalid_input: bool) -> pb_utils.InferenceResponse:
+    code = pb_utils.TritonError.INVALID_ARG if invalid_input else pb_utils.TritonError.INTERNAL
+    message = str(exc) if isinstance(exc, InputError) else f"{step}: {type(exc).__name__}: {exc}"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def _input(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class _Base:
+    step = "model"
+
+    def initialize(self, args):
+        self.model_dir = Path(args["model_repository"])
+        self.repository = self.model_dir.parent
+        self.spec = load_spec(self.repository / SPEC_FILE)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self.handle(request))
+            except InputError as exc:
+                responses.append(_error(self.step, exc, invalid_input=True))
+            except Exception as exc:  # never let one request take the stub down
+                pb_utils.Logger.log_error(f"{self.step}: {traceback.format_exc()}")
+                responses.append(_error(self.step, exc, invalid_input=False))
+        return responses
+
+
+class PreprocessModel(_Base):
+    """IMAGE (bytes) [+ REGION] -> PIXELS [2, S, S], GEOMETRY [9], REGION_USED, REGION_SOURCE."""
+
+    step = "preprocess"
+
+    def handle(self, request):
+        images = _input(request, "IMAGE")
+        regions = _input(request, "REGION")
+        pixels, geometry, used, source = [], [], [], []
+        for i, item in enumerate(images.reshape(len(images), -1)[:, 0]):
+            requested = _text(regions.reshape(len(regions), -1)[i, 0]).strip() if regions is not None else ""
+            try:
+                prepared = prepare(bytes(item), requested or None, self.spec)
+            except InputError as exc:
+                prefix = f"image {i}: " if len(images) > 1 else ""
+                raise InputError(f"{prefix}{exc}") from None
+            pixels.append(prepared.pixels)
+            geometry.append(prepared.geometry.to_array())
+            used.append([prepared.region.encode()])
+            source.append([prepared.region_source.encode()])
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("PIXELS", np.stack(pixels)),
+                pb_utils.Tensor("GEOMETRY", np.stack(geometry)),
+                pb_utils.Tensor("REGION_USED", np.array(used, dtype=np.object_)),
+                pb_utils.Tensor("REGION_SOURCE", np.array(source, dtype=np.object_)),
+            ]
+        )
+
+
+class MemberModel(_Base):
+    """image [2, S, S] -> score [1] (+ map [1, S/8, S/8]) with ONNX Runtime.
+
+    Tensor names are the ONNX graph's, so the ensemble wiring is the same for every target.
+
+    Dynamic batching hands several requests to one `execute`: they run as one ONNX batch.
+    """
+
+    step = "member"
+
+    def initialize(self, args):
+        super().initialize(args)
+        self.step = self.model_dir.name
+        self.session = ort_session(self.model_dir / args["model_version"] / "model.onnx")
+
+    def execute(self, requests):
+        try:
+            batches = [_input(r, "image") for r in requests]
+            scores, maps = run_member(self.session, np.concatenate(batches))
+        except Exception:
+            return super().execute(requests)  # fall back to one request at a time, with errors
+        responses, start = [], 0
+        for batch in batches:
+            stop = start + len(batch)
+            outputs = [pb_utils.Tensor("score", scores[start:stop, None].astype(np.float32))]
+            if maps is not None:
+                outputs.append(pb_utils.Tensor("map", maps[start:stop, None].astype(np.float32)))
+            responses.append(pb_utils.InferenceResponse(outputs))
+            start = stop
+        return responses
+
+    def handle(self, request):
+        scores, maps = run_member(self.session, _input(request, "image"))
+        outputs = [pb_utils.Tensor("score", scores[:, None].astype(np.float32))]
+        if maps is not None:
+            outputs.append(pb_utils.Tensor("map", maps[:, None].astype(np.float32)))
+        return pb_utils.InferenceResponse(outputs)
+
+
+class AverageModel(_Base):
+    """SCORE_xx [1], MAP_xx [1, h, w] -> SCORE [1], MEMBER_SCORES [M], MAP [h, w]."""
+
+    step = "average"
+
+    def handle(self, request):
+        members = range(len(self.spec.members))
+        scores = np.stack([_input(request, f"SCORE_{i:02d}").reshape(-1) for i in members], axis=1)
+        maps = [_input(request, f"MAP_{i:02d}") for i in self.spec.map_members]
+        out_scores, out_maps = [], []
+        for b in range(scores.shape[0]):
+            score, prob_map = combine(list(scores[b]), [m[b] for m in maps])
+            out_scores.append([score])
+            if prob_map is not None:
+                out_maps.append(prob_map)
+        outputs = [
+            pb_utils.Tensor("SCORE", np.asarray(out_scores, dtype=np.float32)),
+            pb_utils.Tensor("MEMBER_SCORES", scores.astype(np.float32)),
+        ]
+        if out_maps:
+            outputs.append(pb_utils.Tensor("MAP", np.stack(out_maps).astype(np.float32)))
+        return pb_utils.InferenceResponse(outputs)
+
+
+class ThresholdModel(_Base):
+    """SCORE, MAP, GEOMETRY, REGION_USED -> FRACTURE, THRESHOLD, FALLBACK, BOXES [-1, 5].
+
+    Thresholds are read from thresholds.json at load; the file is swapped without touching
+    the members (see `fracscan calibrate`).
+    """
+
+    step = "threshold"
+
+    def initialize(self, args):
+        super().initialize(args)
+        self.thresholds = Thresholds.load(self.repository / THRESHOLDS_FILE)
+        pb_utils.Logger.log_info(f"threshold: loaded {json.dumps(self.thresholds.provenance)[:200]}")
+
+    def handle(self, request):
+        scores = _input(request, "SCORE").reshape(-1)
+        maps = _input(request, "MAP")
+        geometry = _input(request, "GEOMETRY")
+        regions = _input(request, "REGION_USED").reshape(-1)
+        fracture, threshold, fallback, boxes = [], [], [], []
+        for b, score in enumerate(scores):
+            decision = decide(
+                float(score),
+                None if maps is None else maps[b],
+                _text(regions[b]),
+                Geometry.from_array(geometry[b]),
+                self.thresholds,
+            )
+            fracture.append([decision.fracture])
+            threshold.append([decision.threshold])
+            fallback.append([decision.fallback])
+            boxes.append(decision.boxes)
+        # One [N, K, 5] tensor: images with fewer boxes are padded with rows of confidence -1.
+        k = max(1, max(len(b) for b in boxes))
+        padded = np.full((len(boxes), k, 5), -1.0, dtype=np.float32)
+        for b, rows in enumerate(boxes):
+            padded[b, : len(rows)] = rows
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("FRACTURE", np.asarray(fracture, dtype=bool)),
+                pb_utils.Tensor("THRESHOLD", np.asarray(threshold, dtype=np.float32)),
+                pb_utils.Tensor("FALLBACK", np.asarray(fallback, dtype=bool)),
+                pb_utils.Tensor("BOXES", padded),
+            ]
+        )
