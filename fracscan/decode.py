@@ -7,6 +7,8 @@ with a message that says what is wrong with the input (never patient identifiers
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from dataclasses import dataclass, field
 
@@ -132,11 +134,22 @@ def _decode_pillow(data: bytes, kind: str) -> DecodedImage:
     return DecodedImage(_to_gray(arr, kind.upper()), kind)
 
 
+def _unbase64(data: bytes) -> bytes | None:
+    """Plain JSON clients (curl) can only send text: accept base64 of a recognised file."""
+    try:
+        raw = base64.b64decode(bytes(data).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if sniff_kind(raw[:132]) else None
+
+
 def decode_image(data: bytes) -> DecodedImage:
-    """Decode encoded image bytes; raise DecodeError naming the problem."""
+    """Decode encoded image bytes (or their base64 text); raise DecodeError naming the problem."""
     if not data:
         raise DecodeError("empty input: no bytes were sent")
     kind = sniff_kind(bytes(data[:132]))
+    if kind is None and (raw := _unbase64(data)) is not None:
+        data, kind = raw, sniff_kind(raw[:132])
     if kind == "dicom":
         return _decode_dicom(bytes(data))
     if kind == "npy":
@@ -145,5 +158,5 @@ def decode_image(data: bytes) -> DecodedImage:
         return _decode_pillow(bytes(data), kind)
     raise DecodeError(
         "unrecognised image format: expected a DICOM Part-10 file (with 'DICM' preamble), "
-        "a PNG, JPEG or TIFF image, or a NumPy .npy array"
+        "a PNG, JPEG or TIFF image, or a NumPy .npy array (raw bytes or base64 text)"
     )

@@ -122,8 +122,8 @@ def find_crop(img: np.ndarray) -> tuple[int, int, int, int]:
     # they are saturated *and* locally flat.
     flat = ndimage.uniform_filter(norm, 5) ** 2 >= ndimage.uniform_filter(norm**2, 5) - 1e-4
     content = (norm > 0.12) & ~(flat & (norm > 0.97))
-    span_y = _content_span(content.mean(axis=1), strong=0.05, weak=0.01)
-    span_x = _content_span(content.mean(axis=0), strong=0.05, weak=0.01)
+    span_y = _content_span(content.mean(axis=1), strong=0.15, weak=0.01)
+    span_x = _content_span(content.mean(axis=0), strong=0.15, weak=0.01)
     if span_y is None or span_x is None:
         return 0, 0, h, w
     margin = 2  # work pixels: keep a sliver of border rather than cut anatomy

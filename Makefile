@@ -1,0 +1,46 @@
+# Two commands for a newcomer:  make demo   (score examples/ on the embedded server)
+#                               make test   (install what the tests need, run them)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench demo-rebuild serve system-deps clean
+
+# The Triton python-backend stub links the system libpython of the same version.
+system-deps:
+	@ldconfig -p | grep -q "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")').so.1.0" \
+	  || (echo "installing the system libpython for the Triton python backend stub" && \
+	      apt-get update -qq && apt-get install -y -qq "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" >/dev/null)
+
+$(VENV)/.server: pyproject.toml | system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[server]"
+	@touch $@
+
+# torch is pinned to the CPU build that pip finds locally; an unpinned torch pulls CUDA wheels.
+$(VENV)/.test: $(VENV)/.server
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[server,export,evaluate,test]"
+	@touch $@
+
+demo: $(VENV)/.server
+	$(VENV)/bin/fracscan predict examples/ --embedded --format table
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/bench.py
+
+# Regenerate the demo ensemble (synthetic data, training, export, calibration, examples).
+demo-rebuild: $(VENV)/.test
+	$(PY) -m fracscan.export.demo
+
+serve: $(VENV)/.server
+	$(VENV)/bin/fracscan serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache
