@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from fracscan.cli import evaluate as evaluate_module
+from fracscan.cli import health as health_module
+from fracscan.cli import predict as predict_module
 from fracscan.cli import serve as serve_module
 
 app = typer.Typer(
@@ -13,8 +16,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command("predict")(predict_module.predict)
 app.command("serve")(serve_module.serve)
 app.command("export")(serve_module.export)
+app.command("calibrate")(evaluate_module.calibrate)
+app.command("evaluate")(evaluate_module.evaluate)
+app.command("health")(health_module.health)
 
 
 def main() -> None:

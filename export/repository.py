@@ -45,6 +45,11 @@ class RepositoryOptions:
     preprocess_instances: int = 2  # decoding + LCN is the CPU-heavy python step
     member_instances: int = 1
     gpu_instances: int = 1  # tensorrt / onnxruntime-on-GPU members
+    # tensorrt target only (fracscan.export.tensorrt): one engine file per compute capability,
+    # a model_warmup sample of `image` ("zero", "random" or "none"), optional CUDA graphs
+    trt_compute_capabilities: tuple[str, ...] = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
+    warmup: str = "zero"
+    cuda_graphs: bool = False
 
 
 def _tensor(name: str, dtype: int, dims: list[int], optional: bool = False) -> dict:
@@ -131,11 +136,9 @@ def member_config(spec: EnsembleSpec, index: int, target: Target, opt: Repositor
     elif target == "onnxruntime":
         extra = {"backend": "onnxruntime", "default_model_filename": "model.onnx"}
     elif target == "tensorrt":
-        extra = {
-            "platform": "tensorrt_plan",
-            "default_model_filename": "model.plan",
-            "instance_group": [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.Kind.KIND_GPU, count=opt.gpu_instances)],
-        }
+        from fracscan.export.tensorrt import tensorrt_member_fields  # platform, GPU instances, engines, warmup
+
+        extra = tensorrt_member_fields(spec, index, opt)
     else:
         raise ValueError(f"unknown target {target!r}, expected one of {TARGETS}")
     return _config(name, inputs, outputs, opt.max_batch_size, dynamic_batching=batching, **extra)
@@ -159,6 +162,9 @@ def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfi
         opt.max_batch_size,
         platform="ensemble",
     )
+    # Clients read these to tell users which ensemble answered (e.g. the demo notice).
+    cfg.parameters["ensemble_spec"].string_value = spec.name
+    cfg.parameters["description"].string_value = spec.description
     steps = cfg.ensemble_scheduling.step
     steps.add(
         model_name="preprocess",

@@ -33,6 +33,7 @@ class ThresholdsError(ValueError):
 class OperatingPoint:
     threshold: float  # fracture iff ensemble score >= threshold
     map_threshold: float = 0.5  # binarises the averaged probability map into boxes
+    definite_threshold: float | None = None  # optional high-specificity ("definite") point
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class Thresholds:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "regions": {name: asdict(p) for name, p in sorted(self.regions.items())},
-            "fallback": asdict(self.fallback),
+            "regions": {name: _point_json(p) for name, p in sorted(self.regions.items())},
+            "fallback": _point_json(self.fallback),
             "provenance": self.provenance,
         }
 
@@ -63,11 +64,17 @@ class Thresholds:
         def point(name: str, value: Any) -> OperatingPoint:
             if not isinstance(value, dict) or "threshold" not in value:
                 raise ThresholdsError(f"{where}: {name} needs a 'threshold'")
+            definite = value.get("definite_threshold")
             try:
-                p = OperatingPoint(float(value["threshold"]), float(value.get("map_threshold", 0.5)))
+                p = OperatingPoint(
+                    float(value["threshold"]),
+                    float(value.get("map_threshold", 0.5)),
+                    None if definite is None else float(definite),
+                )
             except (TypeError, ValueError):
                 raise ThresholdsError(f"{where}: {name} thresholds must be numbers") from None
-            if not (0.0 <= p.threshold <= 1.0 and 0.0 <= p.map_threshold <= 1.0):
+            values = [p.threshold, p.map_threshold] + ([] if definite is None else [p.definite_threshold])
+            if not all(0.0 <= v <= 1.0 for v in values):
                 raise ThresholdsError(f"{where}: {name} thresholds must lie in [0, 1], got {p}")
             return p
 
@@ -86,6 +93,10 @@ class Thresholds:
         except json.JSONDecodeError as exc:
             raise ThresholdsError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_json(raw, str(path))
+
+
+def _point_json(point: OperatingPoint) -> dict[str, float]:
+    return {k: v for k, v in asdict(point).items() if v is not None}
 
 
 def extract_boxes(prob_map: np.ndarray, map_threshold: float, geometry: Geometry) -> np.ndarray:

@@ -1,0 +1,3 @@
+from fracscan.cli.app import main
+
+main()

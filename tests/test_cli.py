@@ -1,0 +1,162 @@
+"""`fracscan` driven as a user would: subprocesses against the real embedded server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_png
+
+FRACSCAN = [sys.executable, "-m", "fracscan.cli"]
+
+
+def run(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([*FRACSCAN, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
+    """Good radiographs (PNG, DICOM without suffix, nested) and bad files, in one folder."""
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    good = []
+    for i in range(4):
+        path = root / ("nested" if i % 2 else ".") / f"good_{i}.png"
+        path.write_bytes(synthetic_png(100 + i))
+        good.append(path)
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*"))
+    dicoms = [p for p in examples if p.is_file() and p.read_bytes()[128:132] == b"DICM"][:2]
+    for i, src in enumerate(dicoms):
+        dst = root / "nested" / "deeper" / f"IM{i:04d}"  # DICOM recognised by content, no suffix
+        shutil.copyfile(src, dst)
+        good.append(dst)
+    bad = {"broken.png": synthetic_png(0)[:80], "empty.dcm": b"", "notes.npy": b"\x93NUMPY garbage"}
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    (root / "README.txt").write_text("not an image: skipped when walking a folder")
+    return root, sorted(str(p) for p in good), sorted(str(root / n) for n in bad)
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_mixed_folder_scores_good_reports_bad_exit_1(server, mixed_folder):
+    root, good, bad = mixed_folder
+    result = run("predict", str(root), "--url", server.http_url, "--format", "jsonl")
+    assert result.returncode == 1, result.stderr
+    rows = jsonl(result.stdout)
+    by_source = {r["source"]: r for r in rows}
+    assert sorted(by_source) == sorted(good + bad)  # one line per input, README.txt skipped
+    assert [r["source"] for r in rows] == sorted(by_source, key=[r["source"] for r in rows].index)
+    for source in good:
+        row = by_source[source]
+        assert row["status"] == "ok" and 0 <= row["score"] <= 1 and row["error"] is None
+        assert set(row) >= {"source", "status", "score", "fracture", "threshold", "region", "boxes", "error"}
+    for source in bad:
+        assert by_source[source]["status"] == "error" and by_source[source]["error"]
+        assert f"failed: {source}" in result.stderr.replace("\n", " ") or source in result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"scored {len(good)}, " in result.stderr and f"failed {len(bad)}" in result.stderr
+
+
+def test_stable_order_and_formats(server, mixed_folder, tmp_path):
+    root, good, _ = mixed_folder
+    first = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--concurrency", "4")
+    second = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--concurrency", "1")
+    assert first.returncode == second.returncode == 0
+    a, b = jsonl(first.stdout), jsonl(second.stdout)
+    assert [r["source"] for r in a] == good and [(r["source"], r["score"]) for r in a] == [(r["source"], r["score"]) for r in b]
+
+    out = tmp_path / "out.csv"
+    assert run("predict", *good, "--url", server.http_url, "--format", "csv", "--output", str(out)).returncode == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["source"] for r in rows] == good and all(r["status"] == "ok" for r in rows)
+    assert isinstance(json.loads(rows[0]["boxes"]), list)
+
+    as_json = run("predict", *good[:2], "--url", server.http_url, "--format", "json")
+    assert [r["source"] for r in json.loads(as_json.stdout)] == good[:2]
+
+    table = run("predict", *good[:2], "--url", server.http_url, "--format", "table")
+    assert table.returncode == 0 and "fracscan predictions" in table.stdout and Path(good[0]).name in table.stdout
+
+
+def test_region_override_and_glob(server, mixed_folder):
+    root, good, _ = mixed_folder
+    result = run("predict", str(root / "*.png"), "--url", server.http_url, "--region", "ankle", "--format", "jsonl")
+    rows = jsonl(result.stdout)
+    assert rows and all(r["region"] == "ankle" and r["region_source"] == "user" for r in rows if r["status"] == "ok")
+    assert {r["source"] for r in rows} == {str(p) for p in sorted(root.glob("*.png"))}
+
+
+def test_resume_after_interrupted_run(server, mixed_folder, tmp_path):
+    _, good, _ = mixed_folder
+    out = tmp_path / "run.jsonl"
+    # An interrupted run: the first inputs were written, the last line was cut mid-write.
+    partial = run("predict", *good[:3], "--url", server.http_url, "--format", "jsonl", "--output", str(out))
+    assert partial.returncode == 0
+    out.write_text(out.read_text() + '{"source": "' + good[3] + '", "sta')
+    resumed = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--output", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming: 3 inputs already scored" in resumed.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    ok_sources = [r["source"] for r in rows if r["status"] == "ok"]
+    assert sorted(ok_sources) == sorted(good) and len(ok_sources) == len(set(ok_sources))  # no duplicates
+
+
+def test_overlay_dir_writes_annotated_png(server, mixed_folder, tmp_path):
+    from PIL import Image
+
+    _, good, _ = mixed_folder
+    overlays = tmp_path / "overlays"
+    result = run("predict", *good[:2], "--url", server.http_url, "--overlay-dir", str(overlays), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    written = sorted(overlays.glob("*.png"))
+    assert len(written) == 2
+    with Image.open(written[0]) as img:
+        assert img.mode == "RGB" and img.size[0] > 100
+
+
+def test_connection_error_exit_2_and_usage_error(tmp_path):
+    png = tmp_path / "a.png"
+    png.write_bytes(synthetic_png(1))
+    result = run("predict", str(png), "--url", "http://127.0.0.1:9", "--timeout", "2")
+    assert result.returncode == 2 and "no fracscan server ready" in result.stderr and "Traceback" not in result.stderr
+    usage = run("predict", str(png), "--format", "xml")
+    assert usage.returncode == 2
+    assert run("predict", str(png), "--resume").returncode == 2
+
+
+def test_embedded_server_for_one_run(mixed_folder, repository, free_url):
+    _, good, _ = mixed_folder
+    result = run("predict", *good[:2], "--url", free_url, "--embedded", "--repository", str(repository), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert "starting the embedded server" in result.stderr
+    assert [r["status"] for r in jsonl(result.stdout)] == ["ok", "ok"]
+
+
+def test_health_and_help(server):
+    result = run("health", "--url", server.http_url, "--json")
+    assert result.returncode == 0
+    info = json.loads(result.stdout)
+    assert info["ready"] and any(m["name"] == "fracscan" for m in info["models"])
+    assert run("health", "--url", "http://127.0.0.1:9", "--timeout", "1").returncode == 2
+    top = run("--help")
+    for command in ("predict", "serve", "export", "health"):
+        assert command in top.stdout
+    assert "--resume" in run("predict", "--help").stdout
+
+
+@pytest.fixture
+def free_url() -> str:
+    from fracscan.server import free_port
+
+    return f"http://127.0.0.1:{free_port()}"
