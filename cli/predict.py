@@ -72,15 +72,22 @@ def expand_inputs(paths: list[str]) -> Iterator[str]:
 
 
 def already_done(output: Path) -> set[str]:
-    """Sources with status ok in an existing JSONL output (for --resume)."""
+    """Sources with status ok in an existing JSONL output (for --resume).
+
+    A last line cut short by the interruption is removed, so appending starts on a fresh line.
+    """
     done = set()
     if output.exists():
+        data = output.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(output, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
         with open(output) as f:
             for line in f:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut short by the interruption: that input is redone
+                    continue
                 if row.get("status") == "ok":
                     done.add(row.get("source"))
     return done

@@ -1,0 +1,47 @@
+"""fracscan.client: the typed Python SDK for a fracscan server (KServe v2 over HTTP or gRPC).
+
+    from fracscan.client import FracScanClient
+
+    with FracScanClient("http://localhost:8000") as client:
+        client.wait_until_ready(timeout=30)
+        prediction = client.predict("scan.dcm")             # or region="wrist"
+        for result in client.predict_many(paths, concurrency=8):
+            print(result.to_dict())                           # Prediction or PredictionError
+
+`AsyncFracScanClient` is the same for asyncio (`await client.predict(...)`,
+`async for result in client.predict_many(...)`).
+"""
+
+from fracscan.client.aio import AsyncFracScanClient
+from fracscan.client.models import (
+    Box,
+    ErrorKind,
+    FracScanConnectionError,
+    FracScanError,
+    FracScanServerError,
+    FracScanTimeout,
+    InputRejected,
+    InvalidInput,
+    Prediction,
+    PredictionError,
+    RegionSource,
+)
+from fracscan.client.sources import Source
+from fracscan.client.sync import FracScanClient
+
+__all__ = [
+    "AsyncFracScanClient",
+    "Box",
+    "ErrorKind",
+    "FracScanClient",
+    "FracScanConnectionError",
+    "FracScanError",
+    "FracScanServerError",
+    "FracScanTimeout",
+    "InputRejected",
+    "InvalidInput",
+    "Prediction",
+    "PredictionError",
+    "RegionSource",
+    "Source",
+]

@@ -43,4 +43,8 @@ def build_repository(
 ) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         files = member_onnx_files(spec, Path(tmp))
+        if target == "tensorrt":  # fail now, not later when the engines are built in the container
+            from fracscan.export.onnx_check import check_members  # needs onnx (the export extra)
+
+            check_members(files, spec.preprocess.size)
         return write_repository(spec, Path(output), target, files, thresholds, options)

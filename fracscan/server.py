@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext as _nothing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,14 +147,15 @@ class EmbeddedServer:
     def start(self, timeout: float = 180.0) -> EmbeddedServer:
         EnsembleRepository.open(self.repository)  # fail early, with a clear message, on a bad repository
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            self.command(),
-            env=self.environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with log if self.log_path else _nothing():  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             self.wait_until_ready(timeout)
         except BaseException:

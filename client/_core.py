@@ -1,0 +1,498 @@
+"""What the sync and async clients share, with no I/O of its own.
+
+- `Endpoint`, `parse_urls`, `Tls`: URL scheme -> protocol (http / grpc) and TLS settings;
+- `Router`, `RetryPolicy`, `Attempts`: round robin over the endpoints, fail-over, and retries
+  with jittered exponential backoff (only for connection failures, 503 / UNAVAILABLE and
+  queue-full / RESOURCE_EXHAUSTED: never for rejected input, never for timeouts);
+- `Request`: the KServe v2 inputs and outputs of the `fracscan` ensemble;
+- `parse_result`: the response -> `Prediction`;
+- `map_error`: tritonclient / socket / aiohttp exceptions -> the SDK's exceptions;
+- `endpoint_info`, `merge_infos`: health answers -> the dict of `server_info()`;
+- `ClientBase`: the constructor arguments and helpers of both clients.
+
+`sync.py` and `aio.py` only add the calls (blocking or awaited) around these.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from fracscan.client.models import (
+    Box,
+    FracScanConnectionError,
+    FracScanError,
+    FracScanServerError,
+    FracScanTimeout,
+    InputRejected,
+    Prediction,
+    PredictionError,
+)
+from fracscan.client.sources import Payload, source_label
+
+log = logging.getLogger("fracscan.client")
+
+OUTPUTS = ("SCORE", "FRACTURE", "THRESHOLD", "REGION_USED", "REGION_SOURCE", "FALLBACK", "MEMBER_SCORES", "BOXES")
+UNKNOWN_REGION = "unknown"
+DOWN_SECONDS = 5.0  # an endpoint that refused a connection is skipped this long
+
+# scheme -> (protocol, TLS, default port)
+SCHEMES = {"http": ("http", False, 8000), "https": ("http", True, 443), "grpc": ("grpc", False, 8001), "grpcs": ("grpc", True, 443)}
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Endpoint:
+    url: str  # as the user wrote it
+    protocol: str  # "http" or "grpc"
+    tls: bool
+    address: str  # host:port[/base-path], what tritonclient wants
+    down_until: float = 0.0  # time.monotonic() until which it is considered down
+
+    def is_down(self, now: float | None = None) -> bool:
+        return self.down_until > (time.monotonic() if now is None else now)
+
+
+def parse_urls(url: str | Sequence[str]) -> list[Endpoint]:
+    """One URL, a comma-separated string of URLs, or a sequence of them."""
+    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
+    if not urls:
+        raise ValueError("no server URL given")
+    endpoints = []
+    for u in urls:
+        parts = urlsplit(u)
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ValueError(f"bad server URL {u!r}: expected http://, https://, grpc:// or grpcs://host[:port]")
+        protocol, tls, default_port = SCHEMES[parts.scheme]
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        path = parts.path.rstrip("/")
+        if path and protocol == "grpc":
+            raise ValueError(f"bad server URL {u!r}: a gRPC URL has no path")
+        endpoints.append(Endpoint(u, protocol, tls, f"{host}:{parts.port or default_port}{path}"))
+    return endpoints
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS settings for https:// and grpcs:// URLs."""
+
+    ca_file: str | None = None  # PEM file of the CAs to trust (default: the system's)
+    cert_file: str | None = None  # client certificate (PEM), for mutual TLS
+    key_file: str | None = None  # its private key (PEM)
+    insecure: bool = False  # https only: do not verify the server's certificate
+
+    def context(self, ssl_module: Any = ssl) -> ssl.SSLContext:
+        """An SSLContext from `ssl_module` (the standard library's, or gevent.ssl for tritonclient.http)."""
+        ctx = ssl_module.create_default_context(cafile=self.ca_file)
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl_module.CERT_NONE
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+    def check(self, endpoints: list[Endpoint]) -> None:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file")
+        if self.insecure and any(e.tls and e.protocol == "grpc" for e in endpoints):
+            raise ValueError("insecure=True is not supported for grpcs:// (gRPC always verifies): pass ca_file")
+
+
+# --- routing and retries ------------------------------------------------------------------
+
+
+class Router:
+    """Round robin over the endpoints, skipping those marked down. Thread-safe."""
+
+    def __init__(self, endpoints: list[Endpoint]):
+        self.endpoints = endpoints
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def pick(self, tried: set[int]) -> Endpoint | None:
+        """The next endpoint not tried yet by this request: an up one if any, else a down one (it may be back)."""
+        with self._lock:
+            now = time.monotonic()
+            n = len(self.endpoints)
+            order = [(self._next + i) % n for i in range(n)]
+            for want_up in (True, False):
+                for i in order:
+                    ep = self.endpoints[i]
+                    if id(ep) not in tried and ep.is_down(now) != want_up:
+                        self._next = (i + 1) % n
+                        return ep
+            return None
+
+    def has_untried_up(self, tried: set[int]) -> bool:
+        now = time.monotonic()
+        return any(id(ep) not in tried and not ep.is_down(now) for ep in self.endpoints)
+
+    @staticmethod
+    def mark_down(ep: Endpoint) -> None:
+        ep.down_until = time.monotonic() + DOWN_SECONDS
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3  # further tries after the first, per request (fail-over to another endpoint is free)
+    base_delay: float = 0.1  # seconds before the first retry, doubled each time, jittered
+    max_delay: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        return min(self.max_delay, self.base_delay * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+
+class Attempts:
+    """The attempts of one request: which endpoint next, and whether (and after how long) to go on.
+
+        attempts = Attempts(router, policy)
+        while True:
+            ep = attempts.endpoint()
+            try: return call(ep)
+            except Exception as exc:
+                err = map_error(exc, ...)
+                delay = attempts.after(ep, err)
+                if delay is None: raise err
+                sleep(delay)
+    """
+
+    def __init__(self, router: Router, policy: RetryPolicy):
+        self.router, self.policy = router, policy
+        self.tried: set[int] = set()
+        self.retry = 0
+
+    def endpoint(self) -> Endpoint:
+        ep = self.router.pick(self.tried)
+        if ep is None:  # every endpoint tried in this round: start a new round
+            self.tried.clear()
+            ep = self.router.pick(self.tried)
+        self.tried.add(id(ep))
+        return ep
+
+    def after(self, ep: Endpoint, err: FracScanError) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up and raise err."""
+        if isinstance(err, FracScanConnectionError):
+            self.router.mark_down(ep)
+        if not err.retryable:
+            return None
+        if self.router.has_untried_up(self.tried):
+            return 0.0  # fail over to another endpoint now; that is not a retry
+        self.retry += 1
+        if self.retry > self.policy.retries:
+            return None
+        self.tried.clear()
+        return self.policy.delay(self.retry)
+
+
+# --- request and response -----------------------------------------------------------------
+
+
+def _bytes_tensor(value: bytes) -> np.ndarray:
+    # np.object_, not np.bytes_: numpy's fixed-width bytes drop trailing NUL bytes (DICOM, .npy end with them)
+    tensor = np.empty((1, 1), dtype=np.object_)
+    tensor[0, 0] = value
+    return tensor
+
+
+@dataclass(frozen=True)
+class Request:
+    payload: Payload
+    region: str | None  # what goes into REGION: the user's region, or the DICOM term when decoded on the client
+    user_region: bool
+
+    @classmethod
+    def make(cls, payload: Payload, region: str | None) -> Request:
+        region = (region or "").strip() or None
+        return cls(payload, region, True) if region else cls(payload, payload.dicom_region, False)
+
+    def tensors(self, protocol: str) -> tuple[list, list]:
+        """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them)."""
+        module = importlib.import_module(f"tritonclient.{protocol}")
+        inputs = [module.InferInput("IMAGE", [1, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(_bytes_tensor(self.payload.data))
+        if self.region:
+            inputs.append(module.InferInput("REGION", [1, 1], "BYTES"))
+            inputs[1].set_data_from_numpy(_bytes_tensor(self.region.encode()))
+        return inputs, [module.InferRequestedOutput(name) for name in OUTPUTS]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_result(result: Any, request: Request, model: str, latency_s: float) -> Prediction:
+    """A tritonclient InferResult (http or grpc) -> Prediction."""
+
+    def first(name: str) -> Any:
+        return result.as_numpy(name).reshape(-1)[0]
+
+    region = _text(first("REGION_USED"))
+    region_source = _text(first("REGION_SOURCE"))
+    if request.region and not request.user_region:  # we sent the DICOM term on the server's behalf
+        region_source = "dicom" if region != UNKNOWN_REGION else "unknown"
+    members = tuple(float(s) for s in result.as_numpy("MEMBER_SCORES").reshape(-1))
+    rows = result.as_numpy("BOXES").reshape(-1, 5)
+    response = result.get_response()
+    if isinstance(response, dict):  # http: the JSON header of the response
+        name, version = response.get("model_name", model), response.get("model_version", "")
+    else:  # grpc: a ModelInferResponse protobuf
+        name, version = response.model_name or model, response.model_version
+    uids = request.payload.uids
+    return Prediction(
+        source=request.payload.label,
+        score=float(first("SCORE")),
+        fracture=bool(first("FRACTURE")),
+        threshold=float(first("THRESHOLD")),
+        region=region,
+        region_source=region_source,  # type: ignore[arg-type]
+        fallback=bool(first("FALLBACK")),
+        boxes=tuple(Box(*(float(v) for v in row)) for row in rows if row[4] >= 0),
+        member_scores=members,
+        member_spread=float(np.std(members)) if members else 0.0,
+        model_name=name,
+        model_version=str(version),
+        latency_s=latency_s,
+        sop_instance_uid=uids.get("sop"),
+        series_instance_uid=uids.get("series"),
+        study_instance_uid=uids.get("study"),
+    )
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+RETRYABLE_STATUS = {"503", "429", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+_GRPC_CONNECT = re.compile(r"failed to connect|connection refused|socket closed|connection reset|broken pipe|dns", re.I)
+
+
+def map_error(
+    exc: BaseException, *, source: str | None, url: str, elapsed: float, connect_timeout: float, timeout: float
+) -> FracScanError:
+    """Any exception from one attempt -> the SDK exception that says what happened."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, FracScanError):
+        return exc
+    where = {"source": source, "url": url}
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "").removeprefix("StatusCode.")
+        message = exc.message() or str(exc)
+        if status in ("400", "INVALID_ARGUMENT"):
+            return InputRejected(f"server rejected the input: {message}", **where)
+        if status == "DEADLINE_EXCEEDED":
+            return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
+        if status == "UNAVAILABLE" and _GRPC_CONNECT.search(message):
+            return FracScanConnectionError(f"cannot connect to {url}: {message}", **where)
+        return FracScanServerError(
+            f"server error {status or '(no status)'} from {url}: {message}",
+            status=status or None,
+            retryable=status in RETRYABLE_STATUS,
+            **where,
+        )
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"SSLCertVerificationError", "ClientConnectorCertificateError"}:
+        err = FracScanConnectionError(f"TLS: cannot verify the certificate of {url}: {exc}", **where)
+        err.retryable = False  # trying again will not make it trusted
+        return err
+    # aiohttp names its timeouts (both are TimeoutError and ClientConnectionError): check them first
+    if "ConnectionTimeoutError" in names:
+        return FracScanConnectionError(f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where)
+    if "SocketTimeoutError" in names:
+        return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
+    if isinstance(exc, TimeoutError):
+        # geventhttpclient raises the same socket timeout for connect and read: tell them apart by
+        # when it fired (the connect timeout is normally far shorter than the read timeout).
+        if connect_timeout < timeout and elapsed < (connect_timeout + timeout) / 2:
+            return FracScanConnectionError(f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where)
+        return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
+    if isinstance(exc, OSError) or "ClientConnectionError" in names:
+        return FracScanConnectionError(f"cannot connect to {url}: {type(exc).__name__}: {exc}", **where)
+    return FracScanError(f"unexpected {type(exc).__name__} talking to {url}: {exc}", **where)
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def endpoint_info(
+    ep: Endpoint, model: str, *, live: bool, ready: bool, metadata: Any, index: Any, model_ready: bool, config: Any = None
+) -> dict[str, Any]:
+    """Normalise the http (dict / list) and grpc (as_json dict) health answers."""
+    models = index.get("models", []) if isinstance(index, dict) else list(index or [])
+    config = (config or {}).get("config", config) or {}  # grpc wraps the config
+    parameters = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+    return {
+        "url": ep.url,
+        "protocol": ep.protocol,
+        "live": bool(live),
+        "ready": bool(ready),
+        "server_name": metadata.get("name", ""),
+        "server_version": metadata.get("version", ""),
+        "extensions": list(metadata.get("extensions", [])),
+        "model": model,
+        "model_ready": bool(model_ready),
+        # Written by `fracscan export` into the ensemble config: which spec is served.
+        "ensemble": {"spec": parameters.get("ensemble_spec", ""), "description": parameters.get("description", "")},
+        "models": [
+            {
+                "name": m.get("name", ""),
+                "version": str(m.get("version", "")),
+                "state": m.get("state", ""),
+                "reason": m.get("reason", ""),
+            }
+            for m in models
+        ],
+    }
+
+
+def down_info(ep: Endpoint, model: str, error: FracScanError) -> dict[str, Any]:
+    return {"url": ep.url, "protocol": ep.protocol, "live": False, "ready": False, "model": model,
+            "model_ready": False, "error": error.reason}
+
+
+def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """server_info(): the first reachable endpoint's details, plus a line per endpoint."""
+    reachable = [i for i in infos if "error" not in i]
+    if not reachable:
+        raise FracScanConnectionError("no server reachable: " + "; ".join(f"{i['url']}: {i['error']}" for i in infos))
+    summary = [{k: i.get(k) for k in ("url", "live", "ready", "model_ready", "error")} for i in infos]
+    return {**reachable[0], "endpoints": summary}
+
+
+# --- settings shared by both clients ------------------------------------------------------------
+
+
+class ClientBase:
+    """Arguments, routing and error mapping common to FracScanClient and AsyncFracScanClient."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str] = "http://localhost:8000",
+        *,
+        model: str = "fracscan",
+        connect_timeout: float = 5.0,
+        timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure: bool = False,
+        retries: int = 3,
+        decode_on_client: bool = False,
+    ):
+        """
+        url: "http://host:8000", "https://...", "grpc://host:8001", "grpcs://...", or several (a
+            list, or one comma-separated string): requests go round robin; a server that refuses
+            connections is skipped for a few seconds while the others take over.
+        model: the ensemble's model name on the server.
+        connect_timeout: seconds to establish a connection; timeout: seconds to wait for an answer.
+        headers: extra HTTP headers / gRPC metadata sent with every call (e.g. an auth token).
+        ca_file, cert_file, key_file: TLS trust and client certificate (PEM files);
+            insecure: https only, do not verify the server certificate.
+        retries: further tries after connection failures, 503 / UNAVAILABLE and queue full, with
+            jittered exponential backoff; rejected input is never retried.
+        decode_on_client: decode images here and send pixels (.npy); DICOM UIDs and
+            BodyPartExamined are read here too (the region term is sent as REGION).
+        """
+        if connect_timeout <= 0 or timeout <= 0:
+            raise ValueError("connect_timeout and timeout must be > 0 seconds")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.endpoints = parse_urls(url)
+        self.tls = Tls(ca_file, cert_file, key_file, insecure)
+        self.tls.check(self.endpoints)
+        self.model = model
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self.headers = dict(headers or {})
+        self.decode_on_client = decode_on_client
+        self.retry_policy = RetryPolicy(retries)
+        self.closed = False
+        self._router = Router(self.endpoints)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Subclasses create their connection state here."""
+
+    @property
+    def urls(self) -> list[str]:
+        return [ep.url for ep in self.endpoints]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.urls!r}, model={self.model!r})"
+
+    def _attempts(self) -> Attempts:
+        return Attempts(self._router, self.retry_policy)
+
+    def _map(self, exc: BaseException, ep: Endpoint, source: str | None, started: float) -> FracScanError:
+        return map_error(
+            exc,
+            source=source,
+            url=ep.url,
+            elapsed=time.monotonic() - started,
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+        )
+
+    def _grpc_options(self, ep: Endpoint) -> dict[str, Any]:
+        """Constructor arguments of tritonclient.grpc(.aio).InferenceServerClient."""
+        from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+
+        connect_ms = int(self.connect_timeout * 1000)
+        return {
+            "ssl": ep.tls,
+            "root_certificates": self.tls.ca_file,
+            "private_key": self.tls.key_file,
+            "certificate_chain": self.tls.cert_file,
+            "channel_args": [
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                # gRPC's connect deadline is the minimum reconnect backoff: the connect timeout
+                ("grpc.min_reconnect_backoff_ms", connect_ms),
+                ("grpc.initial_reconnect_backoff_ms", min(connect_ms, 1000)),
+                ("grpc.max_reconnect_backoff_ms", max(connect_ms, 5000)),
+            ],
+        }
+
+    def _infer_options(self, ep: Endpoint) -> dict[str, Any]:
+        # http: the client deadline is the network timeout set on the client (infer's `timeout=`
+        # would be a server-side queue timeout); grpc: a per-call deadline
+        return {"headers": self.headers, **({"client_timeout": self.timeout} if ep.protocol == "grpc" else {})}
+
+    def _health_options(self, ep: Endpoint, as_json: bool = False) -> dict[str, Any]:
+        if ep.protocol == "http":
+            return {"headers": self.headers}
+        return {"headers": self.headers, "client_timeout": self.connect_timeout, **({"as_json": True} if as_json else {})}
+
+    def _parse(self, result: Any, request: Request, latency_s: float) -> Prediction:
+        try:
+            return parse_result(result, request, self.model, latency_s)
+        except Exception as exc:  # a server that does not speak the fracscan contract
+            raise FracScanServerError(
+                f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}", source=request.payload.label
+            ) from exc
+
+    def _check_concurrency(self, concurrency: int) -> int:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        return int(concurrency)
+
+    @staticmethod
+    def _failure(source: object, exc: BaseException) -> PredictionError:
+        """predict_many: one input's failure becomes its result; the batch goes on."""
+        label = source_label(source)
+        if isinstance(exc, FracScanError):
+            return PredictionError.from_exception(label, exc)
+        log.error("unexpected error on %s", label, exc_info=exc)
+        return PredictionError(label, f"unexpected {type(exc).__name__}: {exc}", "input")

@@ -1,0 +1,190 @@
+"""AsyncFracScanClient: the asyncio client; same arguments, results and errors as FracScanClient."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+from fracscan.client._core import ClientBase, Endpoint, Request, down_info, endpoint_info, log, merge_infos
+from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
+from fracscan.client.sources import Source, read_source
+
+
+class AsyncFracScanClient(ClientBase):
+    """Score radiographs from asyncio code; use it from one event loop; `async with` closes it.
+
+    See ClientBase.__init__ for the arguments (several URLs: round robin and fail-over).
+    """
+
+    def _setup(self) -> None:
+        self._clients: dict[int, Any] = {}  # one tritonclient aio client per endpoint, made in the running loop
+
+    async def __aenter__(self) -> AsyncFracScanClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:
+                pass
+
+    def _client(self, ep: Endpoint) -> Any:
+        if self.closed:
+            raise FracScanError("the client is closed")
+        if id(ep) not in self._clients:
+            self._clients[id(ep)] = self._new_client(ep)
+        return self._clients[id(ep)]
+
+    def _new_client(self, ep: Endpoint) -> Any:
+        if ep.protocol == "http":
+            import aiohttp
+            import tritonclient.http.aio
+
+            client = tritonclient.http.aio.InferenceServerClient(
+                ep.address, conn_timeout=self.timeout, ssl=ep.tls, ssl_context=self.tls.context() if ep.tls else None
+            )
+            session = getattr(client, "_stub", None)
+            if isinstance(session, aiohttp.ClientSession):
+                # tritonclient only sets a total timeout; add the connect timeout, so a server that
+                # cannot be reached is a connection error after connect_timeout, not a timeout later
+                session._timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout)
+            return client
+        import tritonclient.grpc.aio
+
+        return tritonclient.grpc.aio.InferenceServerClient(ep.address, **self._grpc_options(ep))
+
+    # -- health --
+
+    async def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Wait until a server is live and ready and serves the model; FracScanConnectionError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = []
+            for ep in self.endpoints:
+                started = time.monotonic()
+                try:
+                    client, options = self._client(ep), self._health_options(ep)
+                    if not await client.is_server_live(**options):
+                        problems.append(f"{ep.url}: server not live")
+                    elif not await client.is_server_ready(**options):
+                        problems.append(f"{ep.url}: server not ready")
+                    elif not await client.is_model_ready(self.model, **options):
+                        problems.append(f"{ep.url}: model '{self.model}' not ready")
+                    else:
+                        return
+                except Exception as exc:
+                    problems.append(str(self._map(exc, ep, None, started)))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FracScanConnectionError(f"not ready after {timeout:g} s: " + "; ".join(problems))
+            await asyncio.sleep(min(0.25, remaining))
+
+    async def is_demo(self) -> bool:
+        """True when the server runs the synthetic-data DEMO ensemble (not for clinical use)."""
+        return (await self.server_info()).get("ensemble", {}).get("spec") == "demo"
+
+    async def server_info(self) -> dict[str, Any]:
+        """See FracScanClient.server_info."""
+        infos = []
+        for ep in self.endpoints:
+            started = time.monotonic()
+            try:
+                infos.append(await self._endpoint_info(ep))
+            except Exception as exc:
+                infos.append(down_info(ep, self.model, self._map(exc, ep, None, started)))
+        return merge_infos(infos)
+
+    async def _endpoint_info(self, ep: Endpoint) -> dict[str, Any]:
+        client, options, as_json = self._client(ep), self._health_options(ep), self._health_options(ep, True)
+        live = await client.is_server_live(**options)
+        ready = await client.is_server_ready(**options)
+        metadata = await client.get_server_metadata(**as_json)
+        index = await client.get_model_repository_index(**as_json)
+        try:
+            model_ready = await client.is_model_ready(self.model, **options)
+            config = await client.get_model_config(self.model, **as_json) if model_ready else None
+        except Exception:  # grpc raises for a model the server does not know
+            model_ready, config = False, None
+        return endpoint_info(
+            ep, self.model, live=live, ready=ready, metadata=metadata, index=index, model_ready=model_ready, config=config
+        )
+
+    # -- prediction --
+
+    async def predict(self, source: Source, region: str | None = None) -> Prediction:
+        """Score one radiograph; raises like FracScanClient.predict."""
+        if self.closed:
+            raise FracScanError("the client is closed")
+        payload = await asyncio.to_thread(read_source, source, self.decode_on_client)  # file I/O, DICOM parsing
+        request = Request.make(payload, region)
+        started = time.perf_counter()
+        result = await self._call(request)
+        return self._parse(result, request, time.perf_counter() - started)
+
+    async def predict_many(
+        self, sources: Iterable[Source] | AsyncIterable[Source], region: str | None = None, concurrency: int = 8
+    ) -> AsyncIterator[Prediction | PredictionError]:
+        """Async iterator: one result per input, in input order, `concurrency` requests in flight.
+
+        `sources` (an iterable or async iterable) is consumed lazily; a failed input yields a
+        PredictionError and the rest go on.
+        """
+        concurrency = self._check_concurrency(concurrency)
+        slots = asyncio.Semaphore(concurrency)  # a source is read only when its request may start
+        pending: deque[asyncio.Task] = deque()  # at most 2 x concurrency
+
+        async def one(source: Source) -> Prediction | PredictionError:
+            async with slots:
+                try:
+                    return await self.predict(source, region)
+                except Exception as exc:
+                    return self._failure(source, exc)
+
+        try:
+            async for source in _aiter(sources):
+                pending.append(asyncio.ensure_future(one(source)))
+                if len(pending) >= 2 * concurrency:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:  # the caller stopped early
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _call(self, request: Request) -> Any:
+        """One inference with fail-over and retries (policy: `_core.Attempts`)."""
+        attempts = self._attempts()
+        while True:
+            ep = attempts.endpoint()
+            started = time.monotonic()
+            try:
+                inputs, outputs = request.tensors(ep.protocol)
+                return await self._client(ep).infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+            except Exception as exc:
+                err = self._map(exc, ep, request.payload.label, started)
+                delay = attempts.after(ep, err)
+                if delay is None:
+                    if err is exc:
+                        raise
+                    raise err from exc
+                log.warning("%s; trying again in %.2f s", err, delay)
+                await asyncio.sleep(delay)
+
+
+async def _aiter(sources: Iterable[Source] | AsyncIterable[Source]) -> AsyncIterator[Source]:
+    if isinstance(sources, AsyncIterable):
+        async for source in sources:
+            yield source
+    else:
+        for source in sources:
+            yield source

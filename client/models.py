@@ -1,0 +1,147 @@
+"""What the SDK returns and raises: `Prediction`, `Box`, `PredictionError` and the exceptions.
+
+Messages name the input (a path, "<bytes>", "<array>" or "<dataset>") and the problem, never
+patient identifiers: the SDK reads UIDs from DICOM headers but no PatientName, PatientID or
+birth date goes into a result, a message or a log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+RegionSource = Literal["user", "dicom", "unknown"]
+ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
+
+
+# --- exceptions ----------------------------------------------------------------------------
+
+
+class FracScanError(Exception):
+    """Base of every SDK error. `str(exc)` is "<source>: <reason>" when the error concerns one input."""
+
+    kind: ClassVar[ErrorKind] = "server"
+    retryable: bool = False
+
+    def __init__(self, reason: str, *, source: str | None = None, url: str | None = None):
+        self.reason = reason
+        self.source = source
+        self.url = url
+        super().__init__(f"{source}: {reason}" if source else reason)
+
+
+class FracScanConnectionError(FracScanError, ConnectionError):
+    """No connection to the server (refused, reset, unreachable, connect timeout, not ready)."""
+
+    kind = "connection"
+    retryable = True
+
+
+class FracScanTimeout(FracScanError, TimeoutError):
+    """Connected, but no answer within the client's `timeout` (not retried: the server may still be busy with it)."""
+
+    kind = "timeout"
+
+
+class InputRejected(FracScanError, ValueError):
+    """The server refused the input (HTTP 400 / gRPC INVALID_ARGUMENT); the reason is the server's message."""
+
+    kind = "rejected"
+
+
+class InvalidInput(InputRejected):
+    """The client-side checks refused the input before sending it (missing file, unknown format, DICOM without pixels...)."""
+
+    kind = "input"
+
+
+class FracScanServerError(FracScanError):
+    """The server failed (HTTP 5xx / gRPC INTERNAL, ...). `status` is the HTTP code or gRPC status name."""
+
+    kind = "server"
+
+    def __init__(self, reason: str, *, status: str | None = None, retryable: bool = False, **kw: Any):
+        super().__init__(reason, **kw)
+        self.status = status
+        self.retryable = retryable  # 503 / UNAVAILABLE / queue full: worth another try
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box around a suspected fracture, in pixels of the original image."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    confidence: float
+
+    def to_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1, self.confidence]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ensemble's answer for one radiograph."""
+
+    source: str  # the path, or "<bytes>", "<array>", "<dataset>"
+    score: float  # ensemble mean of the member probabilities
+    fracture: bool  # score >= threshold
+    threshold: float  # the operating point that was applied
+    region: str  # the region whose threshold was applied, or "unknown"
+    region_source: RegionSource  # where the region came from
+    fallback: bool  # the global fallback threshold was applied (region unknown or unsupported)
+    boxes: tuple[Box, ...]
+    member_scores: tuple[float, ...]
+    member_spread: float  # standard deviation of the member scores: "members disagree" signal
+    model_name: str
+    model_version: str
+    latency_s: float  # request round trip, retries included (reading the source excluded)
+    sop_instance_uid: str | None = None  # the UIDs are set for DICOM inputs only
+    series_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+
+    ok: ClassVar[bool] = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists."""
+        return {
+            "source": self.source,
+            "ok": True,
+            "score": self.score,
+            "fracture": self.fracture,
+            "threshold": self.threshold,
+            "region": self.region,
+            "region_source": self.region_source,
+            "fallback": self.fallback,
+            "boxes": [b.to_list() for b in self.boxes],
+            "member_scores": list(self.member_scores),
+            "member_spread": self.member_spread,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "latency_s": self.latency_s,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+        }
+
+
+@dataclass(frozen=True)
+class PredictionError:
+    """The failed result for one input of `predict_many` (the batch goes on)."""
+
+    source: str
+    error: str  # what went wrong, without the source (that is `source`)
+    kind: ErrorKind
+
+    ok: ClassVar[bool] = False
+
+    @classmethod
+    def from_exception(cls, source: str, exc: FracScanError) -> PredictionError:
+        return cls(source, exc.reason, exc.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "ok": False, "error": self.error, "kind": self.kind}

@@ -1,0 +1,150 @@
+"""Sources -> the bytes to send, plus what the client knows about them; cheap checks before sending.
+
+A source is a path (str / PathLike: DICOM with or without a suffix, PNG, JPEG, TIFF, .npy —
+recognised by content), encoded bytes, a `pydicom.Dataset` (sent as Part-10 bytes) or a
+2-D numpy array (sent as .npy). Files are read when their request is about to be sent, never
+up front. Anything that cannot be scored raises `InvalidInput` naming the source and the
+problem, before a byte goes over the network.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import pydicom
+
+from fracscan.client.models import InvalidInput
+from fracscan.decode import DecodeError, check_dicom_image, decode_image, sniff_kind
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, pydicom.Dataset]
+
+UID_TAGS = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID"}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One input, ready to send."""
+
+    label: str  # the path, or "<bytes>", "<array>", "<dataset>"
+    data: bytes  # encoded image bytes as sent (DICOM, PNG, JPEG, TIFF or .npy)
+    kind: str  # sniffed kind of `data`
+    uids: dict[str, str] = field(default_factory=dict)  # sop / series / study instance UIDs (DICOM only)
+    dicom_region: str | None = None  # decoded on the client: the DICOM region term to send as REGION
+
+
+def source_label(source: object) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    if isinstance(source, pydicom.Dataset):
+        return "<dataset>"
+    return f"<{type(source).__name__}>"
+
+
+def read_source(source: Source, decode_on_client: bool = False) -> Payload:
+    """Read and check one source; raise InvalidInput(source label, problem)."""
+    label = source_label(source)
+    data = _raw_bytes(source, label)
+    kind, uids = check_encoded(data, label)
+    if not decode_on_client:
+        return Payload(label, data, kind, uids)
+    try:
+        decoded = decode_image(data)
+    except DecodeError as exc:
+        raise InvalidInput(str(exc), source=label) from None
+    region = decoded.region_terms[0] if decoded.region_terms else None
+    return Payload(label, _npy(decoded.pixels), "npy", uids, region)
+
+
+def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
+    """Cheap checks on encoded bytes: known format by magic bytes; for DICOM, a readable header of
+    a single-frame image SOP class with pixel data. Returns (kind, DICOM UIDs)."""
+    if not data:
+        raise InvalidInput("empty input: no bytes to send", source=label)
+    kind = sniff_kind(data[:132])
+    if kind is None:
+        raise InvalidInput(
+            "unrecognised image format: expected DICOM Part-10 (with 'DICM' preamble), PNG, JPEG, TIFF or .npy",
+            source=label,
+        )
+    if kind != "dicom":
+        return kind, {}
+    try:
+        # defer_size: large values (the pixel data) are skipped, not copied, but their tags stay
+        # visible, so "PixelData" in ds works (stop_before_pixels would drop the tag itself).
+        ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
+    except Exception as exc:  # pydicom raises many types on a broken header
+        raise InvalidInput(f"unreadable DICOM header: {type(exc).__name__}: {exc}", source=label) from None
+    try:
+        check_dicom_image(ds, has_pixels=True)
+    except DecodeError as exc:
+        raise InvalidInput(str(exc), source=label) from None
+    return kind, {key: str(ds.get(tag)) for key, tag in UID_TAGS.items() if ds.get(tag)}
+
+
+def _raw_bytes(source: Source, label: str) -> bytes:
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInput("file not found", source=label) from None
+        except IsADirectoryError:
+            raise InvalidInput("is a directory, not a file", source=label) from None
+        except PermissionError:
+            raise InvalidInput("file is not readable (permission denied)", source=label) from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=label) from None
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    if isinstance(source, np.ndarray):
+        if source.ndim != 2 or source.dtype.kind not in "uif" or source.size == 0:
+            raise InvalidInput(
+                f"expected a non-empty 2-D numeric array, got dtype {source.dtype} shape {source.shape}", source=label
+            )
+        return _npy(source)
+    if isinstance(source, pydicom.Dataset):
+        return _dataset_bytes(source, label)
+    raise InvalidInput(
+        f"unsupported source type {type(source).__name__}: pass a path, bytes, a pydicom Dataset or a 2-D numpy array",
+        source=label,
+    )
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _dataset_bytes(ds: pydicom.Dataset, label: str) -> bytes:
+    """Serialize to DICOM Part-10; a dataset built in memory without a transfer syntax gets explicit VR little endian."""
+    meta = getattr(ds, "file_meta", None)
+    encoding = {} if meta is not None and "TransferSyntaxUID" in meta else {"implicit_vr": False, "little_endian": True}
+    buf = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True, **encoding)
+    except Exception as exc:  # missing SOP Class / Instance UID, inconsistent encoding, bad values...
+        reason = _scrub(f"{type(exc).__name__}: {exc}", ds)
+        raise InvalidInput(f"cannot write the dataset as DICOM Part-10: {reason}", source=label) from None
+    return buf.getvalue()
+
+
+PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate")
+
+
+def _scrub(message: str, ds: pydicom.Dataset) -> str:
+    """A pydicom message may quote a value: never let it quote a patient identifier."""
+    for tag in PATIENT_TAGS:
+        value = str(ds.get(tag, "") or "").strip()
+        if value:
+            message = message.replace(value, "***")
+    return message
