@@ -2,7 +2,7 @@
 
 Backbone layout (output stride 8), levels 0..8 with channels (16, 32, 64, 128, 256, 512, 512, 512):
 
-    level 0    7x7 conv, stride 1                 (D: its own level; C: the stem before level 1)
+    level 0    7x7 conv stem, stride 1
     level 1-2  C: residual BasicBlocks            D: plain 3x3 conv-bn-relu layers   (level 2: stride 2)
     level 3-4  residual blocks, stride 2 each
     level 5-6  residual blocks, dilation 2 and 4  (no more striding: the map stays at S/8)
@@ -33,7 +33,7 @@ ARCH_CONFIGS: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "drn_d_38": ("D", "basic", (1, 1, 3, 4, 6, 3, 1, 1)),
     "drn_d_54": ("D", "bottleneck", (1, 1, 3, 4, 6, 3, 1, 1)),
 }
-assert set(ARCH_CONFIGS) == set(ARCHS)
+assert set(ARCH_CONFIGS) == set(ARCHS), "fracscan.spec.ARCHS and ARCH_CONFIGS disagree"
 
 
 class CheckpointMismatchError(ValueError):
@@ -206,7 +206,8 @@ class FractureMember(nn.Module):
         return ("score", "map") if self.spec.map else ("score",)
 
     def select_input(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() != 4 or image.shape[1] != 2:
+        # Checked eagerly only: under ONNX tracing the shape is fixed by the export itself.
+        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 2):
             raise ValueError(f"member {self.spec.name!r}: expected image [B, 2, S, S] "
                              f"(plain, LCN), got {list(image.shape)}")
         if self.spec.input == "plain":
@@ -217,20 +218,15 @@ class FractureMember(nn.Module):
 
     def forward_logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(self.select_input(image))
-        out = {}
-        if self.map_head is not None:
-            out_map = self.map_head(feats)
-        pooled = feats
-        if self.attention is not None:
-            pooled = feats * torch.sigmoid(self.attention(feats))
+        gated = feats if self.attention is None else feats * torch.sigmoid(self.attention(feats))
         if self.spec.head == "spp":
             # Max pooling over 1x1, 2x2, 4x4 grids (He et al. 2014); ONNX needs S/8 divisible by 4.
-            pooled = torch.cat([F.adaptive_max_pool2d(pooled, g).flatten(1) for g in SPP_GRIDS], dim=1)
+            pooled = torch.cat([F.adaptive_max_pool2d(gated, g).flatten(1) for g in SPP_GRIDS], dim=1)
         else:
-            pooled = F.adaptive_avg_pool2d(pooled, 1).flatten(1)
-        out["score"] = self.score_head(pooled)
+            pooled = F.adaptive_avg_pool2d(gated, 1).flatten(1)
+        out = {"score": self.score_head(pooled)}
         if self.map_head is not None:
-            out["map"] = out_map
+            out["map"] = self.map_head(feats)  # the map sees the ungated features
         return out
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -250,9 +246,11 @@ def _shape(t) -> str:
     return "(" + ",".join(str(d) for d in t.shape) + ")"
 
 
-def _listed(keys: list[str], limit: int = 8) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return "[" + ", ".join(keys[:limit]) + "]" + more
+def _listed(keys: list[str], limit: int = 6) -> str:
+    """'in [module, ...]': keys grouped by their module, so a missing block reads as one entry."""
+    modules = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))
+    more = f" ... and {len(modules) - limit} more modules" if len(modules) > limit else ""
+    return "in [" + ", ".join(modules[:limit]) + "]" + more
 
 
 def check_state_dict(member: FractureMember, state: dict) -> None:
@@ -267,12 +265,12 @@ def check_state_dict(member: FractureMember, state: dict) -> None:
     spec = member.spec
     problems = []
     if missing:
-        problems.append(f"missing keys {_listed(missing)}")
+        problems.append(f"{len(missing)} missing keys {_listed(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_listed(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys {_listed(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:5])}"
-                        + (f" ... and {len(shapes) - 5} more" if len(shapes) > 5 else ""))
+        problems.append(f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:3])}"
+                        + (f" ... and {len(shapes) - 3} more" if len(shapes) > 3 else ""))
     raise CheckpointMismatchError(
         f"member {spec.name!r}: checkpoint does not match arch {spec.arch} width {spec.width} "
         f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}: " + ", ".join(problems))

@@ -1,0 +1,180 @@
+"""Export a member to ONNX (input `image` [batch, 2, S, S]; outputs `score`, `map`) and check parity.
+
+The graph is meant for TensorRT as well as ONNX Runtime: opset 17, only the batch dimension is
+dynamic (named `batch`), every channel/spatial dim is static, and only plain ops are allowed
+(`TRT_FRIENDLY_OPS`). We use the TorchScript exporter (`dynamo=False`): in torch 2.13 it is
+deprecated but still present, is fast, and writes opset 17 directly, while the dynamo exporter
+starts at opset 18 and its down-conversion to 17 is not reliable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from scipy import ndimage
+
+from fracscan.spec import MAP_STRIDE, MemberSpec
+
+from .members import SPP_GRIDS, FractureMember
+
+# BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not.
+TRT_FRIENDLY_OPS = frozenset({
+    "Conv", "BatchNormalization", "Relu", "Add", "Mul", "Sigmoid", "GlobalAveragePool", "ReduceMean",
+    "MaxPool", "AveragePool", "Concat", "Flatten", "Reshape", "Gemm", "MatMul", "Slice", "Constant",
+    "Identity",
+})
+
+
+class ParityError(AssertionError):
+    """ONNX Runtime and PyTorch disagree by more than the tolerance."""
+
+
+class ExportError(RuntimeError):
+    """The exported graph is not what the serving side expects."""
+
+
+def _check_size(spec: MemberSpec, size: int) -> None:
+    if size % MAP_STRIDE or size < 32:
+        raise ValueError(f"member {spec.name!r}: size must be a multiple of {MAP_STRIDE} and >= 32, got {size}")
+    grid = max(SPP_GRIDS)
+    if spec.head == "spp" and (size // MAP_STRIDE) % grid:
+        # adaptive max pooling becomes a plain MaxPool only when the bins tile the map exactly
+        raise ValueError(f"member {spec.name!r}: an spp head needs size divisible by {MAP_STRIDE * grid} "
+                         f"for ONNX export, got {size}")
+
+
+def expected_outputs(spec: MemberSpec, size: int) -> dict[str, list]:
+    """Output name -> shape (with 'batch' for the dynamic dim)."""
+    out = {"score": ["batch", 1]}
+    if spec.map:
+        out["map"] = ["batch", 1, size // MAP_STRIDE, size // MAP_STRIDE]
+    return out
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def validate_onnx(model: onnx.ModelProto, spec: MemberSpec, size: int, opset: int = 17) -> onnx.ModelProto:
+    """checker + strict shape inference + the serving contract; returns the shape-inferred model."""
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    where = f"member {spec.name!r}"
+    ops = {n.op_type for n in inferred.graph.node}
+    if ops - TRT_FRIENDLY_OPS:
+        raise ExportError(f"{where}: ops outside the TensorRT-friendly set: {sorted(ops - TRT_FRIENDLY_OPS)}")
+    version = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version != opset:
+        raise ExportError(f"{where}: opset {version}, expected {opset}")
+    inputs = {i.name: _dims(i) for i in inferred.graph.input}
+    if inputs != {"image": ["batch", 2, size, size]}:
+        raise ExportError(f"{where}: inputs {inputs}, expected image [batch, 2, {size}, {size}]")
+    outputs = {o.name: _dims(o) for o in inferred.graph.output}
+    if outputs != expected_outputs(spec, size):
+        raise ExportError(f"{where}: outputs {outputs}, expected {expected_outputs(spec, size)}")
+    return inferred
+
+
+def export_member(model: FractureMember, spec_member: MemberSpec, size: int, path: str | Path,
+                  opset: int = 17) -> Path:
+    """Write `model` (exported in eval mode) to `path` as ONNX and validate it; returns the path."""
+    if model.spec != spec_member:
+        raise ValueError(f"model was built for member {model.spec.name!r}, not {spec_member.name!r}")
+    _check_size(spec_member, size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(model.output_names)
+    dummy = torch.zeros(2, 2, size, size)  # batch 2 so nothing specialises on a batch of 1
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy exporter"
+            torch.onnx.export(
+                model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                input_names=["image"], output_names=names, do_constant_folding=True,
+                dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
+            )
+    finally:
+        model.train(was_training)
+    onnx_model = onnx.load(str(path))
+    validate_onnx(onnx_model, spec_member, size, opset)
+    onnx_model.doc_string = f"fracscan member {spec_member.name}"
+    meta = {"name": spec_member.name, "arch": spec_member.arch, "input": spec_member.input,
+            "head": spec_member.head, "attention": spec_member.attention, "map": spec_member.map,
+            "width": spec_member.width, "size": size}
+    for key, value in meta.items():
+        onnx_model.metadata_props.add(key=f"fracscan.{key}", value=str(value).lower()
+                                      if isinstance(value, bool) else str(value))
+    onnx.save(onnx_model, str(path))
+    return path
+
+
+def synthetic_radiographs(batch: int, size: int, seed: int = 0) -> np.ndarray:
+    """Real-looking inputs [batch, 2, S, S] in [-1, 1]: smooth bone-like blobs, sharp edges, a
+    dark padding band, noise (channel 0), and a local-contrast-normalised copy (channel 1)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((batch, 2, size, size), np.float32)
+    for b in range(batch):
+        img = -0.8 + 0.3 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
+        for _ in range(rng.integers(2, 6)):  # elongated "bones"
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            sx, sy = rng.uniform(0.03, 0.25, 2)
+            img += rng.uniform(0.5, 1.2) * np.exp(-((xx - cx) ** 2 / sx**2 + (yy - cy) ** 2 / sy**2))
+        a, c = rng.uniform(-1, 1, 2)  # a sharp line "fracture" edge
+        img[np.abs(a * (xx - 0.5) + (yy - 0.5) - c * 0.2) < 0.004] -= 0.6
+        img += rng.normal(0, 0.03, img.shape)
+        img[:, : int(size * rng.uniform(0, 0.1))] = -1.0  # padding band
+        plain = np.clip(img, -1, 1)
+        sigma = max(size / 64, 1.0)
+        mean = ndimage.gaussian_filter(plain, sigma)
+        std = np.sqrt(np.maximum(ndimage.gaussian_filter((plain - mean) ** 2, sigma), 0.0)) + 0.1
+        out[b, 0], out[b, 1] = plain, np.clip((plain - mean) / std, -3, 3) / 3
+    return out
+
+
+def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs=None,
+                 atol: float = 1e-4) -> float:
+    """Max |ONNX Runtime - PyTorch| over all outputs; raises ParityError above `atol`.
+
+    Default inputs: uniform noise and `synthetic_radiographs`, each at batch 1 and 3.
+    """
+    import onnxruntime as ort
+
+    if inputs is None:
+        rng = np.random.default_rng(1)
+        inputs = [rng.uniform(-1, 1, (1, 2, size, size)).astype(np.float32),
+                  rng.uniform(-1, 1, (3, 2, size, size)).astype(np.float32),
+                  synthetic_radiographs(1, size, seed=2), synthetic_radiographs(3, size, seed=3)]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    if names != list(model.output_names):
+        raise ParityError(f"member {model.spec.name!r}: ONNX outputs {names}, model outputs {list(model.output_names)}")
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        for x in inputs:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            got = session.run(names, {"image": x})
+            with torch.no_grad():
+                ref = model(torch.from_numpy(x))
+            for name, g in zip(names, got):
+                r = ref[name].numpy()
+                if g.shape != r.shape:
+                    raise ParityError(f"member {model.spec.name!r}: output {name} shape {g.shape} vs {r.shape}")
+                diff = float(np.max(np.abs(g - r)))
+                worst = max(worst, diff)
+                if not diff <= atol:  # also catches NaN
+                    raise ParityError(f"member {model.spec.name!r}: output {name} at batch {len(x)} "
+                                      f"differs by {diff:.3g} > atol {atol:g} ({onnx_path})")
+    finally:
+        model.train(was_training)
+    return worst
