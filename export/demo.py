@@ -49,9 +49,14 @@ class Split:
     cases: list  # the SyntheticCase of each row (for writing files and labels)
 
 
+LANDSCAPE = {"pelvis", "clavicle", "shoulder"}
+
+
 def _prepare(args) -> tuple:
     seed, region, fracture, pre = args
-    case = synthetic.make_case(seed, region=region, fracture=fracture)
+    # Training images are generated small (the frame is S = 128 anyway): 5x faster than default.
+    h, w = np.random.default_rng(seed).integers((360, 280), (440, 360))
+    case = synthetic.make_case(seed, region=region, fracture=fracture, shape=(w, h) if region in LANDSCAPE else (h, w))
     pixels, geometry = preprocess(case.pixels, pre)
     size = pre.size
     target = np.zeros((size // MAP_STRIDE,) * 2, np.float32)
@@ -213,9 +218,14 @@ def build_demo(
     test_rows = predictions(ReferenceRunner(repository), test, "test")
     test_pred, test_labels = write_split_files(test_rows, test, "test", report_dir)
     matched = evaluation.match(evaluation.read_predictions(test_pred), evaluation.read_labels(test_labels)[0])
-    metrics = evaluation.evaluate(matched.cases, evaluation.decisions_for(matched.cases, thresholds), bootstrap=1000, seed=seed)
+    decisions = evaluation.decisions_for(matched.cases, thresholds)
+    metrics = evaluation.evaluate(matched.cases, decisions, bootstrap=1000, seed=seed)
     iou_rate, fractured = top_box_iou(test_rows, test)
-    evaluation.plot_roc(matched.cases, report_dir / "roc_test.png", title="DEMO ensemble, synthetic held-out test split")
+    evaluation.plot_roc(
+        matched.cases, decisions, report_dir / "roc_test.png", metrics=metrics,
+        title="DEMO ensemble (synthetic radiographs, not for clinical use): held-out test split",
+        subtitle="operating points: per-region thresholds calibrated to 92.5% sensitivity on the tuning split",
+    )
     if examples is not None:
         synthetic.write_examples(examples)
     report = {

@@ -17,7 +17,7 @@ are identical everywhere.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from fracscan.pipeline import SPEC_FILE, THRESHOLDS_FILE
 from fracscan.postprocess import OperatingPoint, Thresholds
-from fracscan.spec import EnsembleSpec
+from fracscan.spec import EnsembleSpec, save_spec
 
 Target = Literal["cpu", "onnxruntime", "tensorrt"]
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
@@ -240,7 +240,8 @@ def write_repository(
         version = write(member_config(spec, i, target, options), "MemberModel" if target == "cpu" else None)
         if Path(onnx_path).resolve() != (version / "model.onnx").resolve():
             shutil.copyfile(onnx_path, version / "model.onnx")
-    if spec.source is not None and Path(spec.source).resolve() != (output / SPEC_FILE).resolve():
-        shutil.copyfile(spec.source, output / SPEC_FILE)
+    # The spec as served (member files live in the repository, so their source paths are dropped).
+    served = replace(spec, members=tuple(replace(m, checkpoint=None, onnx=None) for m in spec.members))
+    save_spec(served, output / SPEC_FILE)
     (thresholds or default_thresholds(spec)).save(output / THRESHOLDS_FILE)
     return output

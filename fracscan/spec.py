@@ -9,7 +9,7 @@ export scripts are all derived from it.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -164,6 +164,23 @@ def parse_spec(raw: dict, path: Path | str = "<spec>") -> EnsembleSpec:
         members=tuple(members),
         source=Path(path) if not isinstance(path, Path) else path,
     )
+
+
+def spec_to_dict(spec: EnsembleSpec) -> dict:
+    """The TOML-ready form of a spec (unset optional member fields are left out)."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "preprocess": asdict(spec.preprocess),
+        "regions": {name: list(aliases) for name, aliases in spec.regions.items()},
+        "members": [{k: v for k, v in asdict(m).items() if v is not None} for m in spec.members],
+    }
+
+
+def save_spec(spec: EnsembleSpec, path: str | Path) -> None:
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(spec_to_dict(spec)))
 
 
 def builtin_spec_path(name: str) -> Path:
