@@ -226,7 +226,7 @@ def predict(
         client = stack.enter_context(FracScanClient(url, timeout=timeout))
         demo = False
         try:
-            client.wait_until_ready(timeout=5.0)
+            client.wait_until_ready(timeout=3.0)
         except FracScanError as exc:
             if not embedded:
                 err.print(f"[red]error:[/] no fracscan server ready at {url}: {exc}\n"

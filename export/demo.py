@@ -92,7 +92,7 @@ def _scores(model, split: Split, batch: int = 64) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def train_member(member: MemberSpec, train: Split, tune: Split, seed: int, epochs: int, balanced_epochs: int = 2, batch: int = 32, patience: int = 3):
+def train_member(member: MemberSpec, train: Split, tune: Split, seed: int, epochs: int, balanced_epochs: int = 2, batch: int = 32, patience: int = 5):
     """Train one member; return (model with the best tuning AUC, history)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -248,7 +248,7 @@ def main(
     repository: Annotated[Path, typer.Option(help="Repository to write.")] = ROOT / "model_repository",
     report_dir: Annotated[Path, typer.Option(help="Where the splits' predictions, labels and report go.")] = ROOT / "demo",
     examples: Annotated[Path, typer.Option(help="Example radiographs folder.")] = ROOT / "examples",
-    n_train: int = 1280, n_tune: int = 640, n_test: int = 640, epochs: int = 8,
+    n_train: int = 1024, n_tune: int = 320, n_test: int = 480, epochs: int = 14,
     members: Annotated[int | None, typer.Option(help="Only the first N members (for quick runs).")] = None,
     seed: int = 0,
 ) -> None:

@@ -235,7 +235,8 @@ def write_repository(
     write(preprocess_config(spec, options), "PreprocessModel")
     write(average_config(spec, options), "AverageModel")
     write(threshold_config(spec, options), "ThresholdModel")
-    write(ensemble_config(spec, options))
+    # An ensemble's version folder is empty, and git keeps no empty folders.
+    (write(ensemble_config(spec, options)) / ".gitkeep").touch()
     for i, onnx_path in enumerate(member_onnx):
         version = write(member_config(spec, i, target, options), "MemberModel" if target == "cpu" else None)
         if Path(onnx_path).resolve() != (version / "model.onnx").resolve():

@@ -115,8 +115,8 @@ _FIELD_MM = {
 }
 
 # Lucent-line width as a fraction of the image size: wide enough that the line stays visible
-# after the demo's downscaling to a 128 x 128 frame (about 1.5-2.5 frame pixels).
-FRACTURE_WIDTH = (0.012, 0.02)
+# after the demo's downscaling to a 128 x 128 frame (about 2-3 frame pixels).
+FRACTURE_WIDTH = (0.015, 0.025)
 
 DEMO_NOTICE = "SYNTHETIC DEMO IMAGE - NOT A PATIENT - NOT FOR CLINICAL USE"
 
@@ -973,7 +973,7 @@ def _make_fracture(bones: list[_Prim], rng: np.random.Generator, s: float, scale
     k = 2 * math.pi / (rng.uniform(0.6, 1.4) * r)
     phase = rng.uniform(0, 2 * math.pi)
     ext = r_local * abs(math.tan(phi)) + r_local + width + amp
-    depth = float(rng.uniform(0.6, 1.0)) if kind == "undisplaced" else 1.0
+    depth = float(rng.uniform(0.85, 1.0)) if kind == "undisplaced" else 1.0
     fr = _Fracture(idx, np.asarray(pf, float), normal, width, depth, amp, k, phase,
                    rclip=ext + r_local + width, kind=kind)
     if kind != "undisplaced":

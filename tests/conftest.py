@@ -15,7 +15,7 @@ from fracscan.server import DEMO_REPOSITORY, EmbeddedServer
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # The committed demo repository; FRACSCAN_TEST_REPOSITORY points the tests at another one.
-REPOSITORY = Path(os.environ.get("FRACSCAN_TEST_REPOSITORY", DEMO_REPOSITORY))
+REPOSITORY = Path(os.environ.get("FRACSCAN_TEST_REPOSITORY") or DEMO_REPOSITORY)
 
 
 @pytest.fixture(scope="session")
@@ -54,4 +54,4 @@ def synthetic_png(seed: int = 0, shape=(420, 300)) -> bytes:
 
 
 def example_files() -> list[Path]:
-    return sorted(p for p in EXAMPLES.iterdir() if p.is_file() and p.suffix not in (".csv", ".md")) if EXAMPLES.is_dir() else []
+    return sorted(p for p in EXAMPLES.iterdir() if p.is_file() and p.suffix not in (".csv", ".md", ".txt")) if EXAMPLES.is_dir() else []

@@ -521,8 +521,10 @@ def test_wait_until_ready_and_server_info(server, protocol):
 
 
 def test_readme_example_runs(server, capsys):
-    source = (ROOT / "client" / "README_EXAMPLE.py").read_text()
+    """The SDK example in README.md (the first ```python block), run as written."""
+    readme = (ROOT / "README.md").read_text()
+    source = readme.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(source.strip().splitlines()) <= 10
-    exec(compile(source.replace("http://localhost:8000", server.http_url), "README_EXAMPLE.py", "exec"), {"__name__": "__main__"})
+    exec(compile(source.replace("http://localhost:8000", server.http_url), "README.md", "exec"), {"__name__": "__main__"})
     out = capsys.readouterr().out
     assert "score " in out and "scan1.dcm: file not found (input)" in out
