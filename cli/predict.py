@@ -155,16 +155,17 @@ class Writer:
         if self.fmt is OutputFormat.json:
             self.stream.write("\n]\n")
         elif self.fmt is OutputFormat.table:
-            table = Table(title="fracscan predictions", title_style="bold")
-            for col in ("source", "status", "score", "threshold", "fracture", "region", "boxes"):
-                table.add_column(col, justify="right" if col in ("score", "threshold", "boxes") else "left")
+            table = Table(title="fracscan predictions", title_style="bold", caption="* no calibrated threshold for the region: fallback applied")
+            table.add_column("source", overflow="fold")  # paths wrap rather than vanish on narrow terminals
+            for col in ("score", "thr.", "result", "region", "boxes"):
+                table.add_column(col, justify="right" if col in ("score", "thr.", "boxes") else "left", no_wrap=True)
             for r in self.rows:
                 if r["status"] == "ok":
                     verdict = "[bold red]FRACTURE[/]" if r["fracture"] else "[green]no fracture[/]"
-                    region = r["region"] + (" (fallback)" if r.get("fallback") else "")
-                    table.add_row(r["source"], "ok", f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
+                    region = r["region"] + ("*" if r.get("fallback") else "")
+                    table.add_row(r["source"], f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
                 else:
-                    table.add_row(r["source"], "[red]error[/]", "", "", "", "", "", end_section=False)
+                    table.add_row(r["source"], "", "", "[red]error[/]", "", "")
             console.print(table)
 
 
