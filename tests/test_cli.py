@@ -160,3 +160,35 @@ def free_url() -> str:
     from fracscan.server import free_port
 
     return f"http://127.0.0.1:{free_port()}"
+
+
+def test_serve_starts_answers_and_stops_cleanly_on_sigterm(repository):
+    import signal
+    import time
+
+    import httpx
+
+    from fracscan.server import free_port
+
+    ports = [free_port() for _ in range(3)]
+    proc = subprocess.Popen(
+        [*FRACSCAN, "serve", "--repository", str(repository), "--http-port", str(ports[0]),
+         "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert run("health", "--url", f"grpc://127.0.0.1:{ports[1]}").returncode == 0
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and f"HTTP http://127.0.0.1:{ports[0]}" in err and "Stopped." in err
+    leftovers = subprocess.run(["pgrep", "-f", f"--http-port={ports[0]}"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""  # no stray tritonserver (its python stubs live in its process group)
