@@ -1,0 +1,66 @@
+"""`benchmarks/bench.py --quick` runs end to end and reports every figure (no timing assertions:
+performance claims come from the benchmark script only)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPOSITORY, ROOT
+
+BENCH = ROOT / "benchmarks" / "bench.py"
+KEYS = {"machine", "repository", "inputs", "inprocess", "triton", "naive", "client_cost", "memory",
+        "triton_over_inprocess", "triton_over_naive"}
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+def test_quick_benchmark_prints_a_json_report(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--repository", str(REPOSITORY), "--logdir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    report = json.loads(lines[-1])  # the LAST line is the JSON object
+    assert KEYS <= set(report), KEYS - set(report)
+    assert report["quick"] is True
+    assert Path(report["repository"]) == REPOSITORY.resolve()
+
+    assert _positive(report["inprocess"]["images_per_s"])
+    assert all(_positive(v["images_per_s"]) for v in report["inprocess"]["variants"])
+
+    phases = report["triton"]["phases"]
+    assert set(phases) == {"1", "4", "16"}
+    for phase in phases.values():
+        assert phase["errors"] == 0
+        assert _positive(phase["images_per_s"])
+        assert 0 < phase["p50_ms"] <= phase["p95_ms"] <= phase["p99_ms"]
+        members = [m for name, m in phase["metrics"].items() if name.startswith("member_")]
+        assert len(members) == report["members"]
+        for m in members:  # achieved batch size and per-request times from Triton's metrics
+            assert m["requests"] == phase["requests"] and m["avg_batch"] >= 1
+            assert m["queue_ms_per_request"] >= 0 and m["compute_ms_per_request"] > 0
+        assert phase["metrics"]["preprocess"]["requests"] == phase["requests"]
+    assert _positive(report["triton_over_inprocess"])
+
+    naive = report["naive"]
+    if naive["skipped"] is None:
+        assert _positive(naive["images_per_s"]) and _positive(report["triton_over_naive"])
+    else:
+        assert report["triton_over_naive"] is None
+
+    assert {v["mode"] for v in report["client_cost"].values()} == {"server_decode", "client_decode"}
+    for cost in report["client_cost"].values():
+        assert cost["shape"] == [2000, 2000]
+        assert _positive(cost["prepare_images_per_cpu_s"]) and _positive(cost["end_to_end_images_per_cpu_s"])
+
+    runs = report["memory"]["runs"]
+    assert len(runs) == 2
+    for count, run_ in runs.items():
+        assert run_["ok"] == int(count) and _positive(run_["peak_rss_mib"])
+    assert _positive(report["memory"]["rss_ratio"])
