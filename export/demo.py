@@ -31,7 +31,7 @@ from fracscan import evaluation, synthetic
 from fracscan.export.members import build_member
 from fracscan.export.onnx_export import check_parity, export_member
 from fracscan.export.repository import write_repository
-from fracscan.pipeline import EnsembleRepository, ReferenceRunner
+from fracscan.pipeline import ReferenceRunner
 from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.preprocess import preprocess
 from fracscan.spec import MAP_STRIDE, EnsembleSpec, MemberSpec, builtin_spec_path, load_spec

@@ -37,7 +37,6 @@ from fracscan.client import (
     Prediction,
     PredictionError,
 )
-from fracscan.server import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # TODO(conftest owner): move these fixtures to tests/conftest.py (session scope).

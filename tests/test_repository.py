@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
-from fracscan.export.repository import TARGETS, config_text, ensemble_config, member_config, parse_config, RepositoryOptions
+from fracscan.export.repository import (
+    TARGETS,
+    RepositoryOptions,
+    config_text,
+    ensemble_config,
+    member_config,
+    parse_config,
+)
 from fracscan.pipeline import EnsembleRepository
 from fracscan.spec import builtin_spec_path, load_spec, save_spec
 
@@ -38,10 +45,8 @@ def test_export_regenerates_the_committed_repository(repository, tmp_path):
     """`fracscan export` from the served spec + the committed member ONNX files reproduces the configs."""
     repo = EnsembleRepository.open(repository)
     spec_path = tmp_path / "spec.toml"
-    members = [
-        m.__class__(**{**m.__dict__, "onnx": str(repo.member_onnx(i))}) for i, m in enumerate(repo.spec.members)
-    ]
-    save_spec(repo.spec.__class__(**{**repo.spec.__dict__, "members": tuple(members)}), spec_path)
+    members = tuple(replace(m, onnx=str(repo.member_onnx(i))) for i, m in enumerate(repo.spec.members))
+    save_spec(replace(repo.spec, members=members), spec_path)
     out = tmp_path / "repo"
     result = subprocess.run(
         [sys.executable, "-m", "fracscan.cli", "export", "--spec", str(spec_path), "--target", "cpu",
