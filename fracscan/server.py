@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext as _nothing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +146,7 @@ class EmbeddedServer:
     def start(self, timeout: float = 180.0) -> EmbeddedServer:
         EnsembleRepository.open(self.repository)  # fail early, with a clear message, on a bad repository
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        with log if self.log_path else _nothing():  # the child keeps its own copy of the fd
+        try:
             self.process = subprocess.Popen(
                 self.command(),
                 env=self.environment(),
@@ -156,6 +155,9 @@ class EmbeddedServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        finally:
+            if self.log_path:
+                log.close()  # the child keeps its own copy of the descriptor
         try:
             self.wait_until_ready(timeout)
         except BaseException:

@@ -116,22 +116,18 @@ class MemberModel(_Base):
             scores, maps = run_member(self.session, np.concatenate(batches))
         except Exception:
             return super().execute(requests)  # fall back to one request at a time, with errors
-        responses, start = [], 0
-        for batch in batches:
-            stop = start + len(batch)
-            outputs = [pb_utils.Tensor("score", scores[start:stop, None].astype(np.float32))]
-            if maps is not None:
-                outputs.append(pb_utils.Tensor("map", maps[start:stop, None].astype(np.float32)))
-            responses.append(pb_utils.InferenceResponse(outputs))
-            start = stop
-        return responses
+        bounds = np.cumsum([0] + [len(b) for b in batches])
+        return [_member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in zip(bounds, bounds[1:])]
 
     def handle(self, request):
-        scores, maps = run_member(self.session, _input(request, "image"))
-        outputs = [pb_utils.Tensor("score", scores[:, None].astype(np.float32))]
-        if maps is not None:
-            outputs.append(pb_utils.Tensor("map", maps[:, None].astype(np.float32)))
-        return pb_utils.InferenceResponse(outputs)
+        return _member_response(*run_member(self.session, _input(request, "image")))
+
+
+def _member_response(scores: np.ndarray, maps: np.ndarray | None):
+    outputs = [pb_utils.Tensor("score", scores[:, None].astype(np.float32))]
+    if maps is not None:
+        outputs.append(pb_utils.Tensor("map", maps[:, None].astype(np.float32)))
+    return pb_utils.InferenceResponse(outputs)
 
 
 class AverageModel(_Base):
