@@ -7,9 +7,14 @@ DEMO ONLY: the members learn synthetic radiographs from `fracscan.synthetic`; th
 every path of the pipeline works (scores separate, maps localise, boxes land on fractures).
 They are not clinical models.
 
-Training follows the paper's recipe in miniature: joint loss = per-pixel BCE of the map on
-positives + image-level BCE, weighted 3:1 (10:1 for attention members); Adam; sampling
-balanced over (region, label) in the first epochs; early stopping on tuning-set AUC.
+Training follows the paper's recipe in miniature: every member minimises the joint loss =
+per-pixel BCE of the map on positives + image-level BCE, weighted 3:1 (10:1 for attention
+members), so members without a map in the spec train with a map head that is dropped before
+export; Adam; sampling balanced over (region, label) in the first epochs; early stopping on
+tuning-set AUC (patience 10, as in the paper). Two choices are the demo's own: the map target
+is the fraction of each map cell the fracture box covers (scaled to peak at 1), and the
+training radiographs come in pairs, the same synthetic radiograph with and without its
+fracture. Members train two at a time, one per core.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
+import tempfile
 import time
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -60,19 +67,40 @@ def _prepare(args) -> tuple:
     pixels, geometry = preprocess(case.pixels, pre)
     size = pre.size
     target = np.zeros((size // MAP_STRIDE,) * 2, np.float32)
-    if case.box is not None:  # the fracture box, in map cells
+    if case.box is not None:
         (fx0, fy0), (fx1, fy1) = geometry.original_to_frame(np.array(case.box, float).reshape(2, 2))
-        c0, r0 = int(max(0, fx0 // MAP_STRIDE)), int(max(0, fy0 // MAP_STRIDE))
-        c1, r1 = int(np.ceil(fx1 / MAP_STRIDE)), int(np.ceil(fy1 / MAP_STRIDE))
-        target[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)] = 1.0
+        target = coverage_target((fx0, fy0, fx1, fy1), size)
     return case, pixels.astype(np.float16), target
 
 
-def make_split(name: str, n: int, spec: EnsembleSpec, workers: int = 2) -> Split:
-    """n cases: regions cycle through the spec's regions, half of them fractured."""
+def coverage_target(frame_box, size: int) -> np.ndarray:
+    """The map target: the fraction of each S/8 map cell that the fracture box covers.
+
+    A soft target (rather than "any overlap" = 1) lets the stride-8 map say where inside a cell
+    the fracture lies, which the upsampled map in `extract_boxes` turns into a tighter box.
+    """
+    x0, y0, x1, y1 = frame_box
+    edges = np.arange(size // MAP_STRIDE + 1) * MAP_STRIDE
+    cover_x = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None) / MAP_STRIDE
+    cover_y = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None) / MAP_STRIDE
+    cover = np.outer(cover_y, cover_x)
+    # Scaled so the most-covered cell is 1: a small fracture still peaks at 1, and half the peak
+    # (the default map threshold) traces the box edges whatever the fracture's size.
+    return (cover / max(cover.max(), 1e-6)).astype(np.float32)
+
+
+def make_split(name: str, n: int, spec: EnsembleSpec, workers: int = 2, paired: bool = False) -> Split:
+    """n cases: regions cycle through the spec's regions, half of them fractured.
+
+    `paired`: the cases come in pairs that share one seed - the same radiograph with and
+    without the fracture - so the only thing that tells the labels apart is the fracture.
+    """
     regions = list(synthetic.REGIONS)
-    jobs = [(SEEDS[name] + i, regions[i % len(regions)], bool((i // len(regions)) % 2), spec.preprocess) for i in range(n)]
-    with Pool(workers) as pool:
+    if paired:
+        jobs = [(SEEDS[name] + i // 2, regions[i // 2 % len(regions)], i % 2 == 0, spec.preprocess) for i in range(n)]
+    else:
+        jobs = [(SEEDS[name] + i, regions[i % len(regions)], bool((i // len(regions)) % 2), spec.preprocess) for i in range(n)]
+    with multiprocessing.Pool(workers) as pool:
         rows = pool.map(_prepare, jobs, chunksize=8)
     cases = [r[0] for r in rows]
     groups = np.array([regions.index(c.region) * 2 + int(c.fracture) for c in cases])
@@ -92,12 +120,21 @@ def _scores(model, split: Split, batch: int = 64) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def train_member(member: MemberSpec, train: Split, tune: Split, seed: int, epochs: int, balanced_epochs: int = 2, batch: int = 32, patience: int = 5):
-    """Train one member; return (model with the best tuning AUC, history)."""
+def train_member(
+    member: MemberSpec, train: Split, tune: Split, seed: int, epochs: int,
+    balanced_epochs: int = 2, batch: int = 32, patience: int = 10, lr: float = 2e-3,
+):
+    """Train one member; return (model with the best tuning AUC, history).
+
+    Every member trains with the joint loss, so every member gets a map head while training
+    (the paper trains all ten members on localisation, also those whose map the ensemble does
+    not use). A member whose spec has no map drops that head afterwards.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_member(member)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model = build_member(dataclasses.replace(member, map=True))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = len(train.labels) // batch
     map_weight = 10.0 if member.attention else 3.0  # localisation : classification (paper)
     counts = np.bincount(train.groups)
     best, best_auc, history, stale = None, -1.0, [], 0
@@ -108,14 +145,14 @@ def train_member(member: MemberSpec, train: Split, tune: Split, seed: int, epoch
             order = rng.choice(len(train.labels), len(train.labels), p=p / p.sum())
         else:
             order = rng.permutation(len(train.labels))
-        for i in range(0, len(order) - batch + 1, batch):
+        for i in range(0, steps_per_epoch * batch, batch):
             idx = torch.from_numpy(order[i : i + batch])
             x, y, m = train.pixels[idx].float(), train.labels[idx], train.maps[idx]
             if rng.random() < 0.5:  # flips keep the synthetic anatomy plausible; maps flip too
                 x, m = x.flip(-1), m.flip(-1)
             out = model.forward_logits(x)
             loss = F.binary_cross_entropy_with_logits(out["score"].reshape(-1), y)
-            if "map" in out and y.sum() > 0:
+            if y.sum() > 0:
                 pos = y > 0
                 loss = loss + map_weight * F.binary_cross_entropy_with_logits(out["map"][pos, 0], m[pos])
             opt.zero_grad()
@@ -129,8 +166,20 @@ def train_member(member: MemberSpec, train: Split, tune: Split, seed: int, epoch
             stale += 1
             if stale >= patience:
                 break
-    model.load_state_dict(best)
-    return model.eval(), history
+    final = build_member(member)
+    final.load_state_dict({k: v for k, v in best.items() if member.map or not k.startswith("map_head.")})
+    return final.eval(), history
+
+
+def _train_job(job) -> tuple[dict, list[float], float]:
+    member, splits, seed, epochs = job
+    torch.set_num_threads(1)
+    loaded = torch.load(splits, weights_only=False)
+    train, tune = loaded["train"], loaded["tune"]
+    t = time.perf_counter()
+    model, history = train_member(member, train, tune, seed, epochs)
+    # numpy, not tensors: a tensor would cross the pipe as shared memory that dies with the worker
+    return {k: v.numpy() for k, v in model.state_dict().items()}, history, round(time.perf_counter() - t, 1)
 
 
 def _npy(pixels: np.ndarray) -> bytes:
@@ -179,27 +228,35 @@ def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
 
 def build_demo(
     spec_path: Path, repository: Path, report_dir: Path, examples: Path | None,
-    n_train: int, n_tune: int, n_test: int, epochs: int, members: int | None, seed: int = 0,
+    n_train: int, n_tune: int, n_test: int, epochs: int, members: int | None, seed: int = 0, workers: int = 2,
 ) -> dict:
     t0 = time.perf_counter()
-    torch.set_num_threads(2)
     spec = load_spec(spec_path)
     if members:
         spec = dataclasses.replace(spec, members=spec.members[:members])
     report_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demo] synthesising {n_train}/{n_tune}/{n_test} train/tune/test radiographs at S={spec.preprocess.size}", flush=True)
-    train, tune, test = (make_split(k, n, spec) for k, n in (("train", n_train), ("tune", n_tune), ("test", n_test)))
+    train = make_split("train", n_train, spec, workers, paired=True)
+    tune, test = make_split("tune", n_tune, spec, workers), make_split("test", n_test, spec, workers)
     onnx_dir = report_dir / "onnx"
     onnx_files, member_report = [], []
-    for i, member in enumerate(spec.members):
-        t = time.perf_counter()
-        model, history = train_member(member, train, tune, seed + i, epochs)
-        path = onnx_dir / f"member_{i:02d}.onnx"
-        export_member(model, member, spec.preprocess.size, path)
-        diff = check_parity(model, path, spec.preprocess.size)
-        onnx_files.append(path)
-        member_report.append({"name": member.name, "tuning_auc_per_epoch": history, "onnx_max_abs_diff": diff, "train_s": round(time.perf_counter() - t, 1)})
-        print(f"[demo] {member.name}: tuning AUC {history} in {time.perf_counter() - t:.0f} s, ONNX parity {diff:.1e}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        splits = Path(tmp) / "splits.pt"
+        torch.save({k: dataclasses.replace(v, cases=[]) for k, v in (("train", train), ("tune", tune))}, splits)
+        jobs = [(member, splits, seed + i, epochs) for i, member in enumerate(spec.members)]
+        # One member per core, one thread each: small convolutions scale poorly over threads.
+        # A fresh (spawned) process per member keeps every member's training deterministic.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+            for i, (member, (state, history, train_s)) in enumerate(zip(spec.members, pool.map(_train_job, jobs))):
+                model = build_member(member)
+                model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+                path = onnx_dir / f"member_{i:02d}.onnx"
+                export_member(model.eval(), member, spec.preprocess.size, path)
+                diff = check_parity(model, path, spec.preprocess.size)
+                onnx_files.append(path)
+                member_report.append({"name": member.name, "tuning_auc_per_epoch": history, "onnx_max_abs_diff": diff, "train_s": train_s})
+                print(f"[demo] {member.name}: tuning AUC {history} in {train_s:.0f} s, ONNX parity {diff:.1e}", flush=True)
 
     # Pass 1: every radiograph gets boxes (threshold 0), to calibrate score and map thresholds.
     everything = OperatingPoint(0.0, 0.5)
@@ -248,7 +305,7 @@ def main(
     repository: Annotated[Path, typer.Option(help="Repository to write.")] = ROOT / "model_repository",
     report_dir: Annotated[Path, typer.Option(help="Where the splits' predictions, labels and report go.")] = ROOT / "demo",
     examples: Annotated[Path, typer.Option(help="Example radiographs folder.")] = ROOT / "examples",
-    n_train: int = 1024, n_tune: int = 320, n_test: int = 480, epochs: int = 14,
+    n_train: int = 2048, n_tune: int = 320, n_test: int = 480, epochs: int = 14,
     members: Annotated[int | None, typer.Option(help="Only the first N members (for quick runs).")] = None,
     seed: int = 0,
 ) -> None:

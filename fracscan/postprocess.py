@@ -102,18 +102,22 @@ def _point_json(point: OperatingPoint) -> dict[str, float]:
 def extract_boxes(prob_map: np.ndarray, map_threshold: float, geometry: Geometry) -> np.ndarray:
     """Boxes around connected high-probability regions, in original pixel coordinates.
 
-    Returns [K, 5] float32 rows (x0, y0, x1, y1, confidence), highest confidence first;
-    confidence is the peak probability inside the region.
+    The S/8 map is first upsampled bilinearly to the S x S frame (each map value sits at the
+    centre of its cell), so a box edge can fall inside a cell rather than only on the stride-8
+    grid. Returns [K, 5] float32 rows (x0, y0, x1, y1, confidence), highest confidence first;
+    confidence is the peak of the upsampled probability inside the region.
     """
-    prob = np.asarray(prob_map, dtype=np.float32)
+    coarse = np.asarray(prob_map, dtype=np.float32)
+    stride = geometry.size / coarse.shape[-1]  # = MAP_STRIDE for a DRN map
+    prob = ndimage.zoom(coarse, stride, order=1, mode="nearest", grid_mode=True)
     labels, count = ndimage.label(prob >= map_threshold, structure=np.ones((3, 3)))
     if count == 0:
         return np.zeros((0, 5), dtype=np.float32)
-    stride = geometry.size / prob.shape[-1]  # = MAP_STRIDE for a DRN map
+    scale = geometry.size / prob.shape[-1]  # 1 unless the zoom rounded the frame size
     rows = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
         peak = float(prob[sl][labels[sl] == index].max())
-        corners = np.array([[sl[1].start, sl[0].start], [sl[1].stop, sl[0].stop]], dtype=np.float64) * stride
+        corners = np.array([[sl[1].start, sl[0].start], [sl[1].stop, sl[0].stop]], dtype=np.float64) * scale
         (bx0, by0), (bx1, by1) = geometry.frame_to_original(corners)
         if bx1 - bx0 < 1e-6 or by1 - by0 < 1e-6:
             continue  # entirely in the padding

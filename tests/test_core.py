@@ -140,6 +140,17 @@ def test_boxes_from_map_land_on_the_hot_spot():
     assert len(extract_boxes(prob, 0.95, g)) == 0
 
 
+def test_box_edges_fall_inside_map_cells():
+    """The map is upsampled before binarising: a box edge need not lie on the stride-8 grid."""
+    identity = Geometry(0, 0, 128, 128, 128, 128, 0, 0, 128)
+    prob = np.zeros((16, 16), np.float32)
+    prob[5, 5], prob[5, 6] = 1.0, 0.6  # cell centres at x = 44 and 52 (frame = original here)
+    # bilinear between the centres: 0.5 is crossed at x = 40 (left), 53.3 (right), y = 40 and 48
+    (box,) = extract_boxes(prob, 0.5, identity)
+    assert np.allclose(box[:4], [40, 40, 53, 48])
+    assert 0.9 < box[4] <= 1.0  # the peak of the upsampled map inside the region
+
+
 def test_threshold_decision_per_region_and_fallback():
     t = Thresholds({"wrist": OperatingPoint(0.3, 0.5)}, OperatingPoint(0.6, 0.5))
     g = Geometry(0, 0, 256, 256, 256, 256, 0, 0, 256)

@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from conftest import EXAMPLES, example_files
 from fracscan.pipeline import EnsembleRepository, ReferenceRunner
@@ -30,6 +31,30 @@ def test_shortened_demo_build_end_to_end(tmp_path):
     assert 0 <= result.score <= 1 and len(result.member_scores) == 2
 
 
+def test_map_target_is_the_box_coverage_of_each_cell():
+    from fracscan.export.demo import coverage_target
+
+    target = coverage_target((44.0, 40.0, 52.0, 44.0), 128)  # x 44..52 straddles cells 5|6; y 40..44 is half of row 5
+    assert target.shape == (16, 16) and target.max() == 1.0
+    assert target[5, 5] == target[5, 6] == 1.0 and np.count_nonzero(target) == 2
+    uneven = coverage_target((42.0, 40.0, 50.0, 48.0), 128)  # 6/8 of cell 5, 2/8 of cell 6
+    assert uneven[5, 5] == 1.0 and uneven[5, 6] == pytest.approx(1 / 3)
+
+
+def test_every_member_trains_with_a_map_head_and_score_only_members_drop_it():
+    from fracscan.export.demo import make_split, train_member
+    from fracscan.spec import builtin_spec_path, load_spec
+
+    spec = load_spec(builtin_spec_path("demo"))
+    split = make_split("train", 8, spec, workers=1, paired=True)
+    # paired: the same synthetic radiograph with and without its fracture
+    assert [c.seed for c in split.cases[:2]] == [split.cases[0].seed] * 2
+    assert [c.fracture for c in split.cases[:2]] == [True, False] and split.maps[1].sum() == 0
+    score_only = next(m for m in spec.members if not m.map)
+    model, history = train_member(score_only, split, split, seed=0, epochs=1, batch=4)
+    assert model.map_head is None and set(model(split.pixels[:2].float())) == {"score"} and len(history) == 1
+
+
 def test_committed_examples_are_labelled_and_scored(repository):
     labels = {r["source"]: r for r in csv.DictReader(open(EXAMPLES / "labels.csv"))}
     files = example_files()
@@ -43,7 +68,7 @@ def test_committed_examples_are_labelled_and_scored(repository):
 
 def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     """The README's demo numbers: `fracscan evaluate` on the committed test-split predictions."""
-    from fracscan.evaluation import decisions_for, evaluate, match, read_labels, read_predictions
+    from fracscan.evaluation import decisions_for, evaluate, iou, match, read_labels, read_predictions
     from fracscan.postprocess import Thresholds
 
     demo = EXAMPLES.parent / "demo"
@@ -54,3 +79,8 @@ def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     metrics = evaluate(matched.cases, decisions_for(matched.cases, thresholds), bootstrap=1000, seed=0)
     for key in ("n", "positives", "auc", "sensitivity", "specificity", "ppv", "npv"):
         assert metrics["overall"][key] == report["test"]["overall"][key], key
+    # the README's localisation number: top box vs the labelled box, IoU >= 0.3
+    fractured = [c for c in matched.cases if c.label]
+    hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= 0.3 for c in fractured]
+    assert len(fractured) == report["fractured_test_cases"]
+    assert np.mean(hits) == report["top_box_iou_0.3_rate"]
