@@ -195,6 +195,18 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("nan")
 
 
+def timed_variant(threads_key: str, threads: int, latencies: list[float], wall: float, cpu: float) -> dict:
+    """One thread-count variant of a sequential timing loop (in-process or naive torch)."""
+    return {
+        threads_key: threads,
+        "images": len(latencies),
+        "seconds": round(wall, 3),
+        "images_per_s": rate(len(latencies), wall),
+        "cpu_ms_per_image": 1000 * cpu / len(latencies),
+        "p50_ms": percentile_ms(latencies, 50),
+    }
+
+
 # --- 1. in-process reference ----------------------------------------------------------------
 
 
@@ -210,14 +222,7 @@ def bench_inprocess(repository: Path, datas: list[bytes], rounds: int, threads: 
             runner.predict(data)
             latencies.append(time.perf_counter() - t)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    return {
-        "ort_threads": threads,
-        "images": len(latencies),
-        "seconds": round(wall, 3),
-        "images_per_s": rate(len(latencies), wall),
-        "cpu_ms_per_image": 1000 * cpu / len(latencies),
-        "p50_ms": percentile_ms(latencies, 50),
-    }
+    return timed_variant("ort_threads", threads, latencies, wall, cpu)
 
 
 # --- 2. Triton -----------------------------------------------------------------------------
@@ -419,14 +424,7 @@ def bench_naive(repository: Path, datas: list[bytes], images: int, thread_counts
                 if time.perf_counter() - start > budget_s:
                     break
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-            variants.append({
-                "torch_threads": threads,
-                "images": len(latencies),
-                "seconds": round(wall, 3),
-                "images_per_s": rate(len(latencies), wall),
-                "cpu_ms_per_image": 1000 * cpu / len(latencies),
-                "p50_ms": percentile_ms(latencies, 50),
-            })
+            variants.append(timed_variant("torch_threads", threads, latencies, wall, cpu))
     finally:
         torch.set_num_threads(default_threads)
     best = max(variants, key=lambda v: v["images_per_s"])

@@ -1523,6 +1523,21 @@ def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=["fracscan-synthetic", *[str(p) for p in parts]])
 
 
+def _file_dataset(path: Path | str, sop_class: str, instance_uid: str, transfer_syntax: str):
+    """An empty Part-10 dataset with its file meta; the SOP Class/Instance UIDs are set on both."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationVersionName = "FRACSCAN_SYNTH"
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = instance_uid
+    return ds
+
+
 def _ds_str(x: float) -> str:
     s = f"{x:.6g}"
     return s[:16]
@@ -1548,7 +1563,6 @@ def write_dicom(
     from the seed (mostly 0).
     """
     import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence as DSequence
 
     U = _ts()
@@ -1587,12 +1601,7 @@ def write_dicom(
     series_uid = _uid(case.seed, "series", modality, photometric)
     inst_uid = _uid(case.seed, "instance", modality, photometric, bits, ts if lossy else "")
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = inst_uid
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationVersionName = "FRACSCAN_SYNTH"
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = _file_dataset(path, sop_class, inst_uid, ts)
 
     when = _dt.datetime(2020, 1, 1, 8, 0, 0) + _dt.timedelta(
         days=int(rm.integers(0, 1500)), seconds=int(rm.integers(0, 10 * 3600)))
@@ -1602,8 +1611,6 @@ def write_dicom(
 
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = inst_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = when.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = when.strftime("%H%M%S")
     ds.AccessionNumber = ""
@@ -1739,21 +1746,14 @@ def dicom_pixels(path: str | Path) -> np.ndarray:
 def write_non_image_dicom(path: str | Path, seed: int = 0) -> Path:
     """A Basic Text SR DICOM file: valid DICOM, no PixelData (for bad-input tests)."""
     import pydicom
-    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DSequence
     from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
 
     path = Path(path)
     inst = _uid(seed, "sr-instance")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = BasicTextSRStorage
-    meta.MediaStorageSOPInstanceUID = inst
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationVersionName = "FRACSCAN_SYNTH"
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = _file_dataset(path, BasicTextSRStorage, inst, ExplicitVRLittleEndian)
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = BasicTextSRStorage
-    ds.SOPInstanceUID = inst
     ds.StudyDate = ds.ContentDate = "20200101"
     ds.StudyTime = ds.ContentTime = "080000"
     ds.AccessionNumber = ""
