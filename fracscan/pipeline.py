@@ -65,6 +65,10 @@ def ort_session(onnx_path: str | Path, threads: int | None = None):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or int(os.environ.get("FRACSCAN_ORT_THREADS", "1"))
     opts.inter_op_num_threads = 1
+    if opts.intra_op_num_threads > 1:
+        # Spin-waiting workers of ten sessions fight over the cores: 2 spinning threads per
+        # session measured 10x slower than 1 thread; without spinning they match it (benchmarks/).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 

@@ -145,3 +145,16 @@ def test_plain_json_request_as_documented(server, reference):
     outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
     assert outputs["SCORE"][0] == pytest.approx(reference.predict(data, "wrist").score, abs=1e-5)
     assert outputs["REGION_USED"] == ["wrist"]
+
+
+def test_reference_with_two_ort_threads_does_not_spin_and_agrees(repository, reference):
+    """`--ort-threads 2` must not spin-wait (ten sessions would fight for the cores) or change answers."""
+    from fracscan.pipeline import ReferenceRunner
+
+    two = ReferenceRunner(repository, threads=2)
+    for session in two.sessions:
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 2
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    data = example_files()[0].read_bytes()
+    assert two.predict(data).score == pytest.approx(reference.predict(data).score, abs=1e-5)
