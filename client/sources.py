@@ -61,7 +61,23 @@ def read_source(source: Source, decode_on_client: bool = False) -> Payload:
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
     region = decoded.region_terms[0] if decoded.region_terms else None
-    return Payload(label, _npy(decoded.pixels), "npy", uids, region)
+    return Payload(label, _npy(compact_pixels(decoded.pixels)), "npy", uids, region)
+
+
+def compact_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The decoded float32 pixels as uint16 / int16 when that holds them exactly (half the bytes).
+
+    Radiographs are integers of at most 16 bits stored, so this is the usual case; the server
+    casts back to float32, so the answer cannot change.
+    """
+    lo, hi = float(pixels.min()), float(pixels.max())
+    for dtype in (np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            packed = pixels.astype(dtype)
+            if np.array_equal(packed, pixels):
+                return packed
+    return pixels
 
 
 def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:

@@ -242,6 +242,17 @@ def test_decode_on_client_gives_the_same_answer(server, files):
             client_side.predict(files["truncated"])  # decoded on the client: fails before sending
 
 
+def test_decoded_pixels_travel_as_16_bit_integers_when_exact(files):
+    from fracscan.client.sources import compact_pixels, read_source
+
+    payload = read_source(files["dicom_wrist"], decode_on_client=True)
+    sent = np.load(io.BytesIO(payload.data))
+    assert sent.dtype == np.uint16 and len(payload.data) < sent.size * 2 + 200  # not float32
+    assert compact_pixels(np.array([[-3.0, 7.0]], np.float32)).dtype == np.int16
+    for inexact in ([[0.5, 1.0]], [[0.0, 70000.0]], [[-40000.0, 1.0]], [[np.nan, 1.0]]):
+        assert compact_pixels(np.array(inexact, np.float32)).dtype == np.float32
+
+
 def test_async_client_http_and_grpc(server, files):
     with FracScanClient(server.http_url) as sync:
         expected = [sync.predict(files[n]) for n in GOOD]
