@@ -1,7 +1,7 @@
 """Rebuild the DEMO ensemble: synthetic data -> ten small trained members -> ONNX -> repository,
 calibrated thresholds, held-out report and example radiographs.
 
-    python -m fracscan.export.demo            # what `make demo-rebuild` runs (minutes on 2 cores)
+    python -m fracscan.export.demo            # what `make demo-rebuild` runs (about 1.7 h on 2 cores)
 
 DEMO ONLY: the members learn synthetic radiographs from `fracscan.synthetic`; they show that
 every path of the pipeline works (scores separate, maps localise, boxes land on fractures).
@@ -305,7 +305,7 @@ def main(
     repository: Annotated[Path, typer.Option(help="Repository to write.")] = ROOT / "model_repository",
     report_dir: Annotated[Path, typer.Option(help="Where the splits' predictions, labels and report go.")] = ROOT / "demo",
     examples: Annotated[Path, typer.Option(help="Example radiographs folder.")] = ROOT / "examples",
-    n_train: int = 2048, n_tune: int = 320, n_test: int = 480, epochs: int = 14,
+    n_train: int = 2048, n_tune: int = 320, n_test: int = 480, epochs: int = 24,
     members: Annotated[int | None, typer.Option(help="Only the first N members (for quick runs).")] = None,
     seed: int = 0,
 ) -> None:
