@@ -215,13 +215,13 @@ def write_split_files(rows: list[dict], split: Split, name: str, out: Path) -> t
 
 
 def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
-    """Fraction of fractured cases whose top box overlaps the true box with IoU >= 0.3."""
+    """Fraction of fractured cases whose top box overlaps the true box with IoU >= IOU_HIT (0.3)."""
     hits = total = 0
     for row, case in zip(rows, split.cases):
         if case.fracture:
             total += 1
             boxes = np.asarray(row["boxes"], dtype=float).reshape(-1, 5)
-            if len(boxes) and evaluation.iou(np.asarray(case.box, float), boxes[:1, :4])[0] >= 0.3:
+            if len(boxes) and evaluation.iou(np.asarray(case.box, float), boxes[:1, :4])[0] >= evaluation.IOU_HIT:
                 hits += 1
     return hits / max(total, 1), total
 

@@ -68,7 +68,7 @@ def test_committed_examples_are_labelled_and_scored(repository):
 
 def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     """The README's demo numbers: `fracscan evaluate` on the committed test-split predictions."""
-    from fracscan.evaluation import decisions_for, evaluate, iou, match, read_labels, read_predictions
+    from fracscan.evaluation import IOU_HIT, decisions_for, evaluate, iou, match, read_labels, read_predictions
     from fracscan.postprocess import Thresholds
 
     demo = EXAMPLES.parent / "demo"
@@ -81,6 +81,6 @@ def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
         assert metrics["overall"][key] == report["test"]["overall"][key], key
     # the README's localisation number: top box vs the labelled box, IoU >= 0.3
     fractured = [c for c in matched.cases if c.label]
-    hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= 0.3 for c in fractured]
+    hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= IOU_HIT for c in fractured]
     assert len(fractured) == report["fractured_test_cases"]
     assert np.mean(hits) == report["top_box_iou_0.3_rate"]
