@@ -31,6 +31,7 @@ from fracscan.pipeline import EnsembleRepository
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
+SHM_DIR = Path("/dev/shm")  # where the python backend keeps its shared-memory regions
 
 
 class ServerError(RuntimeError):
@@ -100,6 +101,9 @@ class EmbeddedServer:
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
+        # Our own name for the python backend's /dev/shm regions, so stop() can remove what a
+        # killed server leaves behind (64 MiB each; Triton removes them only on a clean exit).
+        self.shm_prefix = f"fracscan_{os.getpid()}_{self.http_port}_"
 
     @property
     def http_url(self) -> str:
@@ -131,6 +135,7 @@ class EmbeddedServer:
             # of 8 pre-processed frames at S = 1024 (8 x 8 MiB) and grow in big steps.
             f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.shm_bytes}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
 
@@ -181,18 +186,21 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()  # tritonserver unloads the models and stops its python stubs
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()  # tritonserver unloads the models and stops its python stubs
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
         except ProcessLookupError:
             pass
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -158,3 +158,20 @@ def test_reference_with_two_ort_threads_does_not_spin_and_agrees(repository, ref
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     data = example_files()[0].read_bytes()
     assert two.predict(data).score == pytest.approx(reference.predict(data).score, abs=1e-5)
+
+
+def test_stop_removes_the_shared_memory_a_killed_server_leaves(repository):
+    """Triton frees its python-backend /dev/shm regions (64 MiB each) only on a clean exit."""
+    import os
+    import signal
+
+    from fracscan.server import SHM_DIR, EmbeddedServer
+
+    server = EmbeddedServer(repository).start()
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(30)
+        assert list(SHM_DIR.glob(f"{server.shm_prefix}*"))  # the crash left them behind
+    finally:
+        server.stop()
+    assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
