@@ -36,6 +36,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py
 
 # Regenerate the demo ensemble (synthetic data, training, export, calibration, examples).
+# Trains on a GPU if the venv's torch sees one (minutes), else on the CPU (hours on 2 cores).
 demo-rebuild: $(VENV)/.test
 	$(PY) -m fracscan.export.demo
 

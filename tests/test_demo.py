@@ -18,17 +18,50 @@ def test_shortened_demo_build_end_to_end(tmp_path):
 
     report = build_demo(
         builtin_spec_path("demo"), tmp_path / "repo", tmp_path / "report", tmp_path / "examples",
-        n_train=64, n_tune=48, n_test=32, epochs=1, members=2,
+        n_train=64, n_tune=48, n_test=32, epochs=1, members=2, save_weights=tmp_path / "weights.pt",
     )
     repo = EnsembleRepository.open(tmp_path / "repo")
     assert len(repo.spec.members) == 2 and repo.thresholds.provenance["target_sensitivity"] == 0.925
     assert set(report["test"]["overall"]) >= {"n", "auc", "sensitivity", "specificity", "ppv", "npv"}
     assert report["test"]["overall"]["n"] == 32
+    assert [m["trained_on"] for m in report["members"]] == ["cpu", "cpu"] and report["weights_from"] is None
     assert (tmp_path / "report" / "roc_test.png").stat().st_size > 10_000
     labels = list(csv.DictReader(open(tmp_path / "examples" / "labels.csv")))
     assert len(labels) >= 12 and {r["fracture"] for r in labels} == {"0", "1"}
     result = ReferenceRunner(tmp_path / "repo").predict((tmp_path / "examples" / labels[0]["source"]).read_bytes())
     assert 0 <= result.score <= 1 and len(result.member_scores) == 2
+
+    # Finishing from the saved weights (how a GPU-trained build is finished on another machine)
+    # gives the same thresholds and test predictions as the build that trained them.
+    again = build_demo(
+        builtin_spec_path("demo"), tmp_path / "repo2", tmp_path / "report2", None,
+        n_train=64, n_tune=48, n_test=32, epochs=1, members=2, from_weights=tmp_path / "weights.pt",
+    )
+    assert again["test"] == report["test"] and again["weights_from"] == "weights.pt"
+    first, second = (json.loads((tmp_path / r / "thresholds.json").read_text()) for r in ("repo", "repo2"))
+    first["provenance"].pop("date"), second["provenance"].pop("date")
+    assert first == second
+    assert (tmp_path / "report2" / "test_predictions.jsonl").read_text() == (tmp_path / "report" / "test_predictions.jsonl").read_text()
+    with pytest.raises(SystemExit, match=r"weights.pt: no weights for drn_d_38_both_map"):
+        build_demo(
+            builtin_spec_path("demo"), tmp_path / "repo3", tmp_path / "report3", None,
+            n_train=64, n_tune=8, n_test=8, epochs=1, members=3, from_weights=tmp_path / "weights.pt",
+        )
+
+
+def test_sampling_is_balanced_over_region_and_label_with_the_hard_regions_weighted_up():
+    from fracscan import synthetic
+    from fracscan.export.demo import HARD_REGIONS, sampling_weights
+
+    regions = list(synthetic.REGIONS)
+    ankle, ribs = 2 * regions.index("ankle"), 2 * regions.index("ribs")
+    groups = np.array([ankle] * 6 + [ankle + 1] * 2 + [ribs] * 4 + [ribs + 1] * 4)  # unequal counts
+    p = sampling_weights(groups)
+    assert p.sum() == pytest.approx(1.0)
+    per_group = {g: p[groups == g].sum() for g in np.unique(groups)}
+    assert per_group[ankle] == pytest.approx(per_group[ankle + 1])  # balanced over label
+    assert per_group[ribs] == pytest.approx(HARD_REGIONS["ribs"] * per_group[ankle])  # ribs drawn 2.5x
+    assert HARD_REGIONS["ribs"] > 1 and "ankle" not in HARD_REGIONS
 
 
 def test_map_target_is_the_box_coverage_of_each_cell():
@@ -84,3 +117,32 @@ def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= IOU_HIT for c in fractured]
     assert len(fractured) == report["fractured_test_cases"]
     assert np.mean(hits) == report["top_box_iou_0.3_rate"]
+
+
+def test_a_raised_map_threshold_whose_shrunken_boxes_miss_is_undone():
+    from fracscan.evaluation import Calibration, Case
+    from fracscan.export.demo import undo_map_thresholds_that_miss
+
+    truth = np.array([[100.0, 100.0, 140.0, 130.0]])
+    shrunk = np.array([[115.0, 110.0, 125.0, 118.0, 0.8]])  # IoU 0.07 with the labelled box
+    close = np.array([[102.0, 101.0, 138.0, 131.0, 0.9]])  # IoU 0.84
+
+    def cases(region, boxes):
+        return [Case(f"{region}{i}", region, True, 0.9, True, b, truth) for i, b in enumerate(boxes)]
+
+    calibration = Calibration(
+        regions={
+            "humerus": {"threshold": 0.9, "map_threshold": 0.73},  # raised: its boxes now miss
+            "femur": {"threshold": 0.9, "map_threshold": 0.6},  # raised: still hits 10 of 10
+            "ankle": {"threshold": 0.2, "map_threshold": 0.5},  # not raised: not checked
+        },
+        fallback={"threshold": 0.5, "map_threshold": 0.5},
+        provenance={"map_threshold": {"calibrated": True}},
+    )
+    checked = cases("humerus", [shrunk] * 8 + [close] * 2) + cases("femur", [close] * 10) + cases("ankle", [shrunk] * 10)
+    result = undo_map_thresholds_that_miss(calibration, checked, 0.925, previous=0.5)
+    assert calibration.regions["humerus"]["map_threshold"] == 0.5 and result["humerus"] == {
+        "map_threshold": 0.73, "boxes": 10, "hit": 2, "kept": False,
+    }
+    assert calibration.regions["femur"]["map_threshold"] == 0.6 and result["femur"]["kept"]
+    assert "ankle" not in result and calibration.provenance["map_threshold"]["checked_on_tuning_split"] == result
