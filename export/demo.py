@@ -6,8 +6,8 @@ calibrated thresholds, held-out report and example radiographs.
     python -m fracscan.export.demo --from-weights w.pt                              # finish anywhere
 
 Members train on a GPU when torch sees one (all ten at once: about 6.5 min on an H100) and on the
-CPU otherwise (one per core; roughly 6 h on 2 cores, estimated from the 24-epoch, 2,048-radiograph
-build's 104 min). CPU training is bit-for-bit reproducible; GPU training is not (cuDNN and atomic
+CPU otherwise (one per core; about 5 h on 2 cores, estimated from the measured 0.5-1.1 s per
+training step on one core). CPU training is bit-for-bit reproducible; GPU training is not (cuDNN and atomic
 adds), so two GPU builds differ slightly.
 
 DEMO ONLY: the members learn synthetic radiographs from `fracscan.synthetic`; they show that
