@@ -5,10 +5,10 @@ calibrated thresholds, held-out report and example radiographs.
     python -m fracscan.export.demo --device cuda --train-only --save-weights w.pt   # train on a GPU box,
     python -m fracscan.export.demo --from-weights w.pt                              # finish anywhere
 
-Members train on a GPU when torch sees one (all ten at once: about 6.5 min on an H100) and on the
-CPU otherwise (one per core; about 5 h on 2 cores, estimated from the measured 0.5-1.1 s per
-training step on one core). CPU training is bit-for-bit reproducible; GPU training is not (cuDNN and atomic
-adds), so two GPU builds differ slightly.
+Members train on a GPU when torch sees one (all ten at once: about 6.5 min on an H100) and on
+the CPU otherwise (one per core; about 5 h on 2 cores, estimated from the measured 0.5-1.1 s per
+training step on one core). CPU training is bit-for-bit reproducible; GPU training is not
+(cuDNN and atomic adds), so two GPU builds differ slightly.
 
 DEMO ONLY: the members learn synthetic radiographs from `fracscan.synthetic`; they show that
 every path of the pipeline works (scores separate, maps localise, boxes land on fractures).
@@ -209,7 +209,7 @@ def _train_job(job) -> tuple[dict, list[float], float]:
 
 
 def train_members(spec: EnsembleSpec, train: Split, tune: Split, seed: int, epochs: int, workers: int, device: str, save: Path | None):
-    """Train every member (one process each); yields (member, {state, history, train_s, device}) in spec order.
+    """Train every member (one process each); [(member, {state, history, train_s, device})] in spec order.
 
     `save`: after each member, all weights so far go to this one file (read back by `--from-weights`).
     """
@@ -230,8 +230,7 @@ def train_members(spec: EnsembleSpec, train: Split, tune: Split, seed: int, epoc
                     save.parent.mkdir(parents=True, exist_ok=True)
                     torch.save(done, save)
                 print(f"[demo] {member.name}: tuning AUC {history} in {train_s:.0f} s on {device}", flush=True)
-    for member in spec.members:
-        yield member, done[member.name]
+    return [(member, done[member.name]) for member in spec.members]
 
 
 def load_members(spec: EnsembleSpec, path: Path):
@@ -330,8 +329,6 @@ def build_demo(
     else:
         trained = load_members(spec, from_weights)
     if train_only:
-        for _ in trained:
-            pass
         return None
     test = make_split("test", n_test, spec, workers)
     onnx_dir = report_dir / "onnx"
