@@ -123,12 +123,9 @@ def make_split(name: str, n: int, spec: EnsembleSpec, workers: int = 2, paired: 
 
 
 @torch.no_grad()
-def _scores(model, split: Split, device: str = "cpu", batch: int = 64) -> np.ndarray:
+def _scores(model, pixels: torch.Tensor, batch: int = 64) -> np.ndarray:
     model.eval()
-    out = [
-        torch.sigmoid(model.forward_logits(split.pixels[i : i + batch].to(device).float())["score"]).reshape(-1).cpu()
-        for i in range(0, len(split.labels), batch)
-    ]
+    out = [torch.sigmoid(model.forward_logits(pixels[i : i + batch].float())["score"]).reshape(-1).cpu() for i in range(0, len(pixels), batch)]
     return torch.cat(out).numpy()
 
 
@@ -166,6 +163,7 @@ def train_member(
     map_weight = 10.0 if member.attention else 3.0  # localisation : classification (paper)
     p = sampling_weights(train.groups)
     pixels, labels, maps = train.pixels.to(device), train.labels.to(device), train.maps.to(device)
+    tune_pixels = tune.pixels.to(device)
     best, best_auc, history, stale = None, -1.0, [], 0
     for epoch in range(epochs):
         model.train()
@@ -184,7 +182,7 @@ def train_member(
             loss.backward()
             opt.step()
             schedule.step()
-        auc = evaluation.auc(tune.labels.numpy(), _scores(model, tune, device))
+        auc = evaluation.auc(tune.labels.numpy(), _scores(model, tune_pixels))
         history.append(round(float(auc), 4))
         if auc > best_auc:
             best_auc, best, stale = auc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, 0
@@ -274,27 +272,6 @@ def write_split_files(rows: list[dict], split: Split, name: str, out: Path) -> t
     return pred_path, label_path
 
 
-def undo_map_thresholds_that_miss(calibration: evaluation.Calibration, cases: list, target: float, previous: float) -> dict:
-    """Regions whose raised map threshold leaves fewer than `target` of their labelled boxes hit.
-
-    `cases`: the tuning split predicted at the calibrated thresholds. Such regions go back to
-    `previous` (the map threshold the calibration pass used); the provenance records the check.
-    """
-    result = {}
-    for name, point in calibration.regions.items():
-        if point["map_threshold"] <= previous:
-            continue
-        hits = [evaluation.box_hit_confidences(c) for c in cases if c.region == name and c.label and c.predicted]
-        hits = np.concatenate(hits) if hits else np.zeros(0)
-        hit = int(np.sum(~np.isnan(hits)))
-        kept = hits.size > 0 and hit >= evaluation.required_count(target, hits.size)
-        result[name] = {"map_threshold": point["map_threshold"], "boxes": int(hits.size), "hit": hit, "kept": kept}
-        if not kept:
-            point["map_threshold"] = previous
-    calibration.provenance["map_threshold"]["checked_on_tuning_split"] = result
-    return result
-
-
 def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
     """Fraction of fractured cases whose top box overlaps the true box with IoU >= IOU_HIT (0.3)."""
     hits = total = 0
@@ -357,12 +334,11 @@ def build_demo(
         provenance={"spec": spec.name, "tuning_set": f"synthetic seeds {SEEDS['tune']}+{n_tune}", "demo": True},
     )
     calibration.save(repository / "thresholds.json")
-    # The map-threshold rule assumes a box still hits after a higher threshold shrinks it (see
-    # `evaluation.calibrate`): check that on the tuning split at the calibrated thresholds.
+    # Check the raised map thresholds on the tuning split predicted at the calibrated thresholds.
     with tempfile.TemporaryDirectory() as tmp:
         pred, labels = write_split_files(predictions(ReferenceRunner(repository), tune, "tune"), tune, "tune", Path(tmp))
         checked = evaluation.match(evaluation.read_predictions(pred), evaluation.read_labels(labels)[0]).cases
-    undo_map_thresholds_that_miss(calibration, checked, 0.925, everything.map_threshold)
+    evaluation.recheck_map_thresholds(calibration, checked, 0.925, everything.map_threshold)
     calibration.save(repository / "thresholds.json")
     thresholds = Thresholds.load(repository / "thresholds.json")
 

@@ -543,7 +543,8 @@ def calibrate(
     negative carry no boxes and are left out (counted in the provenance). Because the boxes
     were extracted at the map threshold in use when predicting, m is never below it: the rule
     can only raise that threshold, and it assumes a hit box stays a hit when it shrinks
-    under the higher threshold (an optimistic approximation: re-run predict and check).
+    under the higher threshold (an optimistic approximation: re-run predict and check,
+    e.g. with `recheck_map_thresholds`).
     Regions with fewer than `min_positives` such boxes, or whose target is out of reach,
     keep their current map_threshold (from `current`, else 0.5) and a warning says why.
     """
@@ -649,9 +650,8 @@ def _calibrate_maps(groups, regions, fallback, target, min_boxes, current_map, w
     all_hits: list[np.ndarray] = []
     skipped = 0
     for name, group in groups.items():
-        hits = [box_hit_confidences(c) for c in group if c.label and len(c.label_boxes) and c.predicted]
+        hits_arr = _box_hits(group)
         skipped += sum(len(c.label_boxes) for c in group if c.label and not c.predicted)
-        hits_arr = np.concatenate(hits) if hits else np.zeros(0)
         all_hits.append(hits_arr)
         info["boxes"][name] = {"boxes": int(hits_arr.size), "hit": int(np.sum(~np.isnan(hits_arr)))}
         if name not in regions:
@@ -682,6 +682,35 @@ def _calibrate_maps(groups, regions, fallback, target, min_boxes, current_map, w
         info["boxes_on_predicted_negatives"] = int(skipped)
         warnings.append(f"{skipped} labelled boxes are on radiographs predicted negative (no predicted boxes): left out of the map thresholds")
     return info
+
+
+def _box_hits(cases: list[Case]) -> np.ndarray:
+    """`box_hit_confidences` of every labelled box on the fractured radiographs predicted positive."""
+    hits = [box_hit_confidences(c) for c in cases if c.label and len(c.label_boxes) and c.predicted]
+    return np.concatenate(hits) if hits else np.zeros(0)
+
+
+def recheck_map_thresholds(calibration: Calibration, cases: list[Case], target: float, previous: float) -> dict[str, Any]:
+    """Undo raised map thresholds whose shrunken boxes no longer hit `target` of the labelled boxes.
+
+    The map-threshold rule of `calibrate` assumes a hit box stays a hit under a higher threshold.
+    `cases`: the calibration set predicted again at the calibrated thresholds. A region whose
+    map threshold was raised above `previous` (the one in use when the calibration set was first
+    predicted) and now hits fewer than `target` of its boxes goes back to `previous`; the
+    provenance records the check.
+    """
+    result = {}
+    for name, point in calibration.regions.items():
+        if point["map_threshold"] <= previous:
+            continue
+        hits = _box_hits([c for c in cases if c.region == name])
+        hit = int(np.sum(~np.isnan(hits)))
+        kept = hits.size > 0 and hit >= required_count(target, hits.size)
+        result[name] = {"map_threshold": point["map_threshold"], "boxes": int(hits.size), "hit": hit, "kept": kept}
+        if not kept:
+            point["map_threshold"] = previous
+    calibration.provenance["map_threshold"]["checked_on_tuning_split"] = result
+    return result
 
 
 def file_provenance(path: str | Path) -> dict[str, str]:

@@ -117,32 +117,3 @@ def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= IOU_HIT for c in fractured]
     assert len(fractured) == report["fractured_test_cases"]
     assert np.mean(hits) == report["top_box_iou_0.3_rate"]
-
-
-def test_a_raised_map_threshold_whose_shrunken_boxes_miss_is_undone():
-    from fracscan.evaluation import Calibration, Case
-    from fracscan.export.demo import undo_map_thresholds_that_miss
-
-    truth = np.array([[100.0, 100.0, 140.0, 130.0]])
-    shrunk = np.array([[115.0, 110.0, 125.0, 118.0, 0.8]])  # IoU 0.07 with the labelled box
-    close = np.array([[102.0, 101.0, 138.0, 131.0, 0.9]])  # IoU 0.84
-
-    def cases(region, boxes):
-        return [Case(f"{region}{i}", region, True, 0.9, True, b, truth) for i, b in enumerate(boxes)]
-
-    calibration = Calibration(
-        regions={
-            "humerus": {"threshold": 0.9, "map_threshold": 0.73},  # raised: its boxes now miss
-            "femur": {"threshold": 0.9, "map_threshold": 0.6},  # raised: still hits 10 of 10
-            "ankle": {"threshold": 0.2, "map_threshold": 0.5},  # not raised: not checked
-        },
-        fallback={"threshold": 0.5, "map_threshold": 0.5},
-        provenance={"map_threshold": {"calibrated": True}},
-    )
-    checked = cases("humerus", [shrunk] * 8 + [close] * 2) + cases("femur", [close] * 10) + cases("ankle", [shrunk] * 10)
-    result = undo_map_thresholds_that_miss(calibration, checked, 0.925, previous=0.5)
-    assert calibration.regions["humerus"]["map_threshold"] == 0.5 and result["humerus"] == {
-        "map_threshold": 0.73, "boxes": 10, "hit": 2, "kept": False,
-    }
-    assert calibration.regions["femur"]["map_threshold"] == 0.6 and result["femur"]["kept"]
-    assert "ankle" not in result and calibration.provenance["map_threshold"]["checked_on_tuning_split"] == result

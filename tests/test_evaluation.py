@@ -466,3 +466,31 @@ def test_cli_bad_options(tmp_path):
     bad_thr = tmp_path / "thr.json"
     bad_thr.write_text("{}")
     _assert_clean_exit_2(runner.invoke(app, ["evaluate", str(preds), str(labels), "--thresholds", str(bad_thr)]), str(bad_thr))
+
+
+def test_a_raised_map_threshold_whose_shrunken_boxes_miss_is_undone():
+    from fracscan.evaluation import Calibration, Case, recheck_map_thresholds
+
+    truth = np.array([[100.0, 100.0, 140.0, 130.0]])
+    shrunk = np.array([[115.0, 110.0, 125.0, 118.0, 0.8]])  # IoU 0.07 with the labelled box
+    close = np.array([[102.0, 101.0, 138.0, 131.0, 0.9]])  # IoU 0.84
+
+    def cases(region, boxes):
+        return [Case(f"{region}{i}", region, True, 0.9, True, b, truth) for i, b in enumerate(boxes)]
+
+    calibration = Calibration(
+        regions={
+            "humerus": {"threshold": 0.9, "map_threshold": 0.73},  # raised: its boxes now miss
+            "femur": {"threshold": 0.9, "map_threshold": 0.6},  # raised: still hits 10 of 10
+            "ankle": {"threshold": 0.2, "map_threshold": 0.5},  # not raised: not checked
+        },
+        fallback={"threshold": 0.5, "map_threshold": 0.5},
+        provenance={"map_threshold": {"calibrated": True}},
+    )
+    checked = cases("humerus", [shrunk] * 8 + [close] * 2) + cases("femur", [close] * 10) + cases("ankle", [shrunk] * 10)
+    result = recheck_map_thresholds(calibration, checked, 0.925, previous=0.5)
+    assert calibration.regions["humerus"]["map_threshold"] == 0.5 and result["humerus"] == {
+        "map_threshold": 0.73, "boxes": 10, "hit": 2, "kept": False,
+    }
+    assert calibration.regions["femur"]["map_threshold"] == 0.6 and result["femur"]["kept"]
+    assert "ankle" not in result and calibration.provenance["map_threshold"]["checked_on_tuning_split"] == result
