@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench demo-rebuild serve system-deps clean
+.PHONY: demo test test-fast lint bench demo-rebuild serve system-deps clean
 
 # The Triton python-backend stub links the system libpython of the same version.
 system-deps:
@@ -32,13 +32,23 @@ demo: $(VENV)/.server
 test: $(VENV)/.test
 	$(PY) -m pytest -q
 
+# The quick loop: no training, no torch-marked tests, nothing marked slow.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow and not torch"
+
+# ruff (lint + format check) over the tree, mypy (strict on the core and the SDK: see pyproject.toml).
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py
 
 # Regenerate the demo ensemble (synthetic data, training, export, calibration, examples).
 # Trains on a GPU if the venv's torch sees one (minutes), else on the CPU (hours on 2 cores).
 demo-rebuild: $(VENV)/.test
-	$(PY) -m fracscan.export.demo
+	$(PY) -m fracscan.demo.build
 
 serve: $(VENV)/.server
 	$(VENV)/bin/fracscan serve

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fracscan.onnxrt import ort_session
 from fracscan.pipeline import EnsembleRepository
 from fracscan.server import DEMO_REPOSITORY
 from fracscan.spec import builtin_spec_path, load_spec
@@ -133,14 +134,11 @@ def ort_runner(onnx_path: Path, size: int, batch: int, precision: str, device: s
 
     if precision != "fp32":
         raise SystemExit("--runtime ort runs the exported fp32 ONNX; use --runtime torch for fp16")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
     if device == "cuda":
         providers = [("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+    session = ort_session(onnx_path, providers=providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise NoGpu(f"onnxruntime did not place {onnx_path.parent.parent.name} on CUDA: {session.get_providers()}")
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 2, size, size)).astype(np.float32)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from fracscan.cli import calibrate as calibrate_module
 from fracscan.cli import evaluate as evaluate_module
+from fracscan.cli import export as export_module
 from fracscan.cli import health as health_module
 from fracscan.cli import predict as predict_module
 from fracscan.cli import serve as serve_module
@@ -18,8 +20,8 @@ app = typer.Typer(
 )
 app.command("predict")(predict_module.predict)
 app.command("serve")(serve_module.serve)
-app.command("export")(serve_module.export)
-app.command("calibrate")(evaluate_module.calibrate)
+app.command("export")(export_module.export)
+app.command("calibrate")(calibrate_module.calibrate)
 app.command("evaluate")(evaluate_module.evaluate)
 app.command("health")(health_module.health)
 

@@ -11,10 +11,20 @@
 - `ClientBase`: the constructor arguments and helpers of both clients.
 
 `sync.py` and `aio.py` only add the calls (blocking or awaited) around these.
+
+The fail-over rule. A connection failure (refused, reset, unreachable, connect timeout, or a
+connection closed before the answer came, e.g. the server died mid-request) is retried on
+another endpoint at once, and with backoff once every endpoint has been tried: the server never
+answered, and scoring an image twice does no harm. A request timeout (connected, but no answer
+within `timeout`) is not retried, not even on another endpoint: the server may still be working
+on it, and the caller asked for an answer within that time. Either failure marks the endpoint
+down for DOWN_SECONDS, so later requests go to the others: a server that accepts connections but
+never answers costs one timeout per DOWN_SECONDS, not every other request.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import random
@@ -29,6 +39,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from fracscan import contract as c
+from fracscan import provenance
 from fracscan.client.models import (
     Box,
     FracScanConnectionError,
@@ -43,12 +55,16 @@ from fracscan.client.sources import Payload, source_label
 
 log = logging.getLogger("fracscan.client")
 
-OUTPUTS = ("SCORE", "FRACTURE", "THRESHOLD", "REGION_USED", "REGION_SOURCE", "FALLBACK", "MEMBER_SCORES", "BOXES")
-UNKNOWN_REGION = "unknown"
-DOWN_SECONDS = 5.0  # an endpoint that refused a connection is skipped this long
+OUTPUTS = c.ENSEMBLE_OUTPUT_NAMES
+DOWN_SECONDS = 5.0  # an endpoint that failed a connection or timed out is skipped this long
 
 # scheme -> (protocol, TLS, default port)
-SCHEMES = {"http": ("http", False, 8000), "https": ("http", True, 443), "grpc": ("grpc", False, 8001), "grpcs": ("grpc", True, 443)}
+SCHEMES = {
+    "http": ("http", False, 8000),
+    "https": ("http", True, 443),
+    "grpc": ("grpc", False, 8001),
+    "grpcs": ("grpc", True, 443),
+}
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -142,6 +158,7 @@ class Router:
 
     @staticmethod
     def mark_down(ep: Endpoint) -> None:
+        """Skip `ep` for DOWN_SECONDS (`pick` still tries it once every endpoint that is up has been tried)."""
         ep.down_until = time.monotonic() + DOWN_SECONDS
 
 
@@ -158,15 +175,15 @@ class RetryPolicy:
 class Attempts:
     """The attempts of one request: which endpoint next, and whether (and after how long) to go on.
 
-        attempts = Attempts(router, policy)
-        while True:
-            ep = attempts.endpoint()
-            try: return call(ep)
-            except Exception as exc:
-                err = map_error(exc, ...)
-                delay = attempts.after(ep, err)
-                if delay is None: raise err
-                sleep(delay)
+    attempts = Attempts(router, policy)
+    while True:
+        ep = attempts.endpoint()
+        try: return call(ep)
+        except Exception as exc:
+            err = map_error(exc, ...)
+            delay = attempts.after(ep, err)
+            if delay is None: raise err
+            sleep(delay)
     """
 
     def __init__(self, router: Router, policy: RetryPolicy):
@@ -184,8 +201,8 @@ class Attempts:
 
     def after(self, ep: Endpoint, err: FracScanError) -> float | None:
         """Seconds to wait before the next attempt, or None: give up and raise err."""
-        if isinstance(err, FracScanConnectionError):
-            self.router.mark_down(ep)
+        if isinstance(err, (FracScanConnectionError, FracScanTimeout)):
+            self.router.mark_down(ep)  # a timeout is not retried (not retryable), but other requests avoid ep
         if not err.retryable:
             return None
         if self.router.has_untried_up(self.tried):
@@ -221,10 +238,10 @@ class Request:
     def tensors(self, protocol: str) -> tuple[list, list]:
         """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them)."""
         module = importlib.import_module(f"tritonclient.{protocol}")
-        inputs = [module.InferInput("IMAGE", [1, 1], "BYTES")]
+        inputs = [module.InferInput(c.IMAGE, [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(_bytes_tensor(self.payload.data))
         if self.region:
-            inputs.append(module.InferInput("REGION", [1, 1], "BYTES"))
+            inputs.append(module.InferInput(c.REGION, [1, 1], "BYTES"))
             inputs[1].set_data_from_numpy(_bytes_tensor(self.region.encode()))
         return inputs, [module.InferRequestedOutput(name) for name in OUTPUTS]
 
@@ -239,26 +256,27 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
     def first(name: str) -> Any:
         return result.as_numpy(name).reshape(-1)[0]
 
-    region = _text(first("REGION_USED"))
-    region_source = _text(first("REGION_SOURCE"))
+    region = _text(first(c.REGION_USED))
+    region_source = _text(first(c.REGION_SOURCE))
     if request.region and not request.user_region:  # we sent the DICOM term on the server's behalf
-        region_source = "dicom" if region != UNKNOWN_REGION else "unknown"
-    members = tuple(float(s) for s in result.as_numpy("MEMBER_SCORES").reshape(-1))
-    rows = result.as_numpy("BOXES").reshape(-1, 5)
+        region_source = "dicom" if region != c.UNKNOWN_REGION else "unknown"
+    members = tuple(float(s) for s in result.as_numpy(c.MEMBER_SCORES).reshape(-1))
+    rows = result.as_numpy(c.BOXES).reshape(-1, c.BOX_COLUMNS)
     response = result.get_response()
     if isinstance(response, dict):  # http: the JSON header of the response
         name, version = response.get("model_name", model), response.get("model_version", "")
     else:  # grpc: a ModelInferResponse protobuf
         name, version = response.model_name or model, response.model_version
     uids = request.payload.uids
+    definite = float(first(c.DEFINITE_THRESHOLD))  # contract.NO_DEFINITE_THRESHOLD (-1) when the region has none
     return Prediction(
         source=request.payload.label,
-        score=float(first("SCORE")),
-        fracture=bool(first("FRACTURE")),
-        threshold=float(first("THRESHOLD")),
+        score=float(first(c.SCORE)),
+        fracture=bool(first(c.FRACTURE)),
+        threshold=float(first(c.THRESHOLD)),
         region=region,
         region_source=region_source,  # type: ignore[arg-type]
-        fallback=bool(first("FALLBACK")),
+        fallback=bool(first(c.FALLBACK)),
         boxes=tuple(Box(*(float(v) for v in row)) for row in rows if row[4] >= 0),
         member_scores=members,
         member_spread=float(np.std(members)) if members else 0.0,
@@ -268,6 +286,8 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
         sop_instance_uid=uids.get("sop"),
         series_instance_uid=uids.get("series"),
         study_instance_uid=uids.get("study"),
+        level=_text(first(c.LEVEL)),  # type: ignore[arg-type]
+        definite_threshold=None if definite < 0 else definite,
     )
 
 
@@ -275,6 +295,11 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
 
 RETRYABLE_STATUS = {"503", "429", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
 _GRPC_CONNECT = re.compile(r"failed to connect|connection refused|socket closed|connection reset|broken pipe|dns", re.I)
+# The connection closed before the answer came (the server died or dropped it mid-request):
+# geventhttpclient (tritonclient.http), http.client and aiohttp (tritonclient.http.aio) names.
+_CONNECTION_LOST = {"HTTPConnectionClosed", "RemoteDisconnected", "IncompleteRead", "ServerDisconnectedError"}
+_CONNECTION_LOST |= {"ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError"}
+_LOST_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}  # aiohttp's ClientOSError carries only the errno
 
 
 def map_error(
@@ -315,8 +340,14 @@ def map_error(
         # geventhttpclient raises the same socket timeout for connect and read: tell them apart by
         # when it fired (the connect timeout is normally far shorter than the read timeout).
         if connect_timeout < timeout and elapsed < (connect_timeout + timeout) / 2:
-            return FracScanConnectionError(f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where)
+            return FracScanConnectionError(
+                f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where
+            )
         return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
+    if names & _CONNECTION_LOST or getattr(exc, "errno", None) in _LOST_ERRNOS:
+        return FracScanConnectionError(
+            f"connection to {url} lost before the answer: {type(exc).__name__}: {exc}", **where
+        )
     if isinstance(exc, OSError) or "ClientConnectionError" in names:
         return FracScanConnectionError(f"cannot connect to {url}: {type(exc).__name__}: {exc}", **where)
     return FracScanError(f"unexpected {type(exc).__name__} talking to {url}: {exc}", **where)
@@ -326,12 +357,22 @@ def map_error(
 
 
 def endpoint_info(
-    ep: Endpoint, model: str, *, live: bool, ready: bool, metadata: Any, index: Any, model_ready: bool, config: Any = None
+    ep: Endpoint,
+    model: str,
+    *,
+    live: bool,
+    ready: bool,
+    metadata: Any,
+    index: Any,
+    model_ready: bool,
+    config: Any = None,
 ) -> dict[str, Any]:
     """Normalise the http (dict / list) and grpc (as_json dict) health answers."""
     models = index.get("models", []) if isinstance(index, dict) else list(index or [])
     config = (config or {}).get("config", config) or {}  # grpc wraps the config
-    parameters = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+    parameters = config.get("parameters") or {}
+    record = provenance.from_parameters(parameters)
+    text = {k: v.get("string_value", "") for k, v in parameters.items()}
     return {
         "url": ep.url,
         "protocol": ep.protocol,
@@ -342,8 +383,12 @@ def endpoint_info(
         "extensions": list(metadata.get("extensions", [])),
         "model": model,
         "model_ready": bool(model_ready),
-        # Written by `fracscan export` into the ensemble config: which spec is served.
-        "ensemble": {"spec": parameters.get("ensemble_spec", ""), "description": parameters.get("description", "")},
+        # Written by `fracscan export` into the ensemble config: which spec is served, and its provenance.
+        "ensemble": {
+            "spec": text.get(c.PARAM_SPEC, ""),
+            "description": text.get(c.PARAM_DESCRIPTION, ""),
+            "provenance": None if record is None else record.to_json(),
+        },
         "models": [
             {
                 "name": m.get("name", ""),
@@ -357,8 +402,15 @@ def endpoint_info(
 
 
 def down_info(ep: Endpoint, model: str, error: FracScanError) -> dict[str, Any]:
-    return {"url": ep.url, "protocol": ep.protocol, "live": False, "ready": False, "model": model,
-            "model_ready": False, "error": error.reason}
+    return {
+        "url": ep.url,
+        "protocol": ep.protocol,
+        "live": False,
+        "ready": False,
+        "model": model,
+        "model_ready": False,
+        "error": error.reason,
+    }
 
 
 def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
@@ -394,14 +446,15 @@ class ClientBase:
         """
         url: "http://host:8000", "https://...", "grpc://host:8001", "grpcs://...", or several (a
             list, or one comma-separated string): requests go round robin; a server that refuses
-            connections is skipped for a few seconds while the others take over.
+            connections, drops them, or times out is skipped for a few seconds while the others take over.
         model: the ensemble's model name on the server.
         connect_timeout: seconds to establish a connection; timeout: seconds to wait for an answer.
         headers: extra HTTP headers / gRPC metadata sent with every call (e.g. an auth token).
         ca_file, cert_file, key_file: TLS trust and client certificate (PEM files);
             insecure: https only, do not verify the server certificate.
-        retries: further tries after connection failures, 503 / UNAVAILABLE and queue full, with
-            jittered exponential backoff; rejected input is never retried.
+        retries: further tries after connection failures (including a connection closed mid-request),
+            503 / UNAVAILABLE and queue full, with jittered exponential backoff; rejected input and
+            timeouts are never retried (see the module docstring).
         decode_on_client: decode images here and send pixels (.npy); DICOM UIDs and
             BodyPartExamined are read here too (the region term is sent as REGION).
         """
@@ -473,14 +526,19 @@ class ClientBase:
     def _health_options(self, ep: Endpoint, as_json: bool = False) -> dict[str, Any]:
         if ep.protocol == "http":
             return {"headers": self.headers}
-        return {"headers": self.headers, "client_timeout": self.connect_timeout, **({"as_json": True} if as_json else {})}
+        return {
+            "headers": self.headers,
+            "client_timeout": self.connect_timeout,
+            **({"as_json": True} if as_json else {}),
+        }
 
     def _parse(self, result: Any, request: Request, latency_s: float) -> Prediction:
         try:
             return parse_result(result, request, self.model, latency_s)
         except Exception as exc:  # a server that does not speak the fracscan contract
             raise FracScanServerError(
-                f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}", source=request.payload.label
+                f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}",
+                source=request.payload.label,
             ) from exc
 
     def _check_concurrency(self, concurrency: int) -> int:
@@ -496,3 +554,9 @@ class ClientBase:
             return PredictionError.from_exception(label, exc)
         log.error("unexpected error on %s", label, exc_info=exc)
         return PredictionError(label, f"unexpected {type(exc).__name__}: {exc}", "input")
+
+
+def served_provenance(info: dict[str, Any]) -> provenance.Provenance | None:
+    """The provenance record of the ensemble that `server_info()` describes (None if it has none)."""
+    raw = (info.get("ensemble") or {}).get("provenance")
+    return provenance.Provenance.from_json(raw) if raw else None

@@ -8,9 +8,19 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
-from fracscan.client._core import ClientBase, Endpoint, Request, down_info, endpoint_info, log, merge_infos
+from fracscan.client._core import (
+    ClientBase,
+    Endpoint,
+    Request,
+    down_info,
+    endpoint_info,
+    log,
+    merge_infos,
+    served_provenance,
+)
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
+from fracscan.provenance import Provenance
 
 
 class AsyncFracScanClient(ClientBase):
@@ -90,7 +100,12 @@ class AsyncFracScanClient(ClientBase):
 
     async def is_demo(self) -> bool:
         """True when the server runs the synthetic-data DEMO ensemble (not for clinical use)."""
-        return (await self.server_info()).get("ensemble", {}).get("spec") == "demo"
+        record = (await self.provenance())
+        return record is not None and record.demo
+
+    async def provenance(self) -> Provenance | None:
+        """Where the served ensemble comes from: demo, random weights, calibration, members' hash."""
+        return served_provenance(await self.server_info())
 
     async def server_info(self) -> dict[str, Any]:
         """See FracScanClient.server_info."""

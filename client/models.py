@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-RegionSource = Literal["user", "dicom", "unknown"]
+from fracscan.contract import Level, RegionSource  # the SDK re-exports both
+
 ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
 
 
@@ -103,6 +104,8 @@ class Prediction:
     sop_instance_uid: str | None = None  # the UIDs are set for DICOM inputs only
     series_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    level: Level = "negative"  # negative / suspicious / definite; the boxes inherit it
+    definite_threshold: float | None = None  # the high-specificity point applied, None when the region has none
 
     ok: ClassVar[bool] = True
 
@@ -113,7 +116,9 @@ class Prediction:
             "ok": True,
             "score": self.score,
             "fracture": self.fracture,
+            "level": self.level,
             "threshold": self.threshold,
+            "definite_threshold": self.definite_threshold,
             "region": self.region,
             "region_source": self.region_source,
             "fallback": self.fallback,

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 
 from fracscan.client.models import InvalidInput
-from fracscan.decode import DecodeError, check_dicom_image, decode_image, sniff_kind
+from fracscan.decode import DecodeError, decode_image, read_dicom_header, sniff_kind
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, pydicom.Dataset]
 
@@ -94,13 +94,7 @@ def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
     if kind != "dicom":
         return kind, {}
     try:
-        # defer_size: large values (the pixel data) are skipped, not copied, but their tags stay
-        # visible, so "PixelData" in ds works (stop_before_pixels would drop the tag itself).
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
-    except Exception as exc:  # pydicom raises many types on a broken header
-        raise InvalidInput(f"unreadable DICOM header: {type(exc).__name__}: {exc}", source=label) from None
-    try:
-        check_dicom_image(ds, has_pixels=True)
+        ds = read_dicom_header(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
     return kind, {key: str(ds.get(tag)) for key, tag in UID_TAGS.items() if ds.get(tag)}

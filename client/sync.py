@@ -9,9 +9,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fracscan.client._core import ClientBase, Endpoint, Request, down_info, endpoint_info, log, merge_infos
+from fracscan.client._core import (
+    ClientBase,
+    Endpoint,
+    Request,
+    down_info,
+    endpoint_info,
+    log,
+    merge_infos,
+    served_provenance,
+)
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
+from fracscan.provenance import Provenance
 
 
 class _ThreadClients:
@@ -109,7 +119,12 @@ class FracScanClient(ClientBase):
 
     def is_demo(self) -> bool:
         """True when the server runs the synthetic-data DEMO ensemble (not for clinical use)."""
-        return self.server_info().get("ensemble", {}).get("spec") == "demo"
+        record = self.provenance()
+        return record is not None and record.demo
+
+    def provenance(self) -> Provenance | None:
+        """Where the served ensemble comes from: demo, random weights, calibration, members' hash."""
+        return served_provenance(self.server_info())
 
     def server_info(self) -> dict[str, Any]:
         """Live, ready, server version and the repository's models (name, version, state) of the

@@ -32,35 +32,140 @@ from pathlib import Path
 
 import onnx
 
+from fracscan.onnxrt import ort_session
+
 # ONNX operators (default domain) that TensorRT's ONNX parser supports. A DRN member exported
 # by fracscan uses Conv, Relu, Add, Mul, Sigmoid, MaxPool, GlobalAveragePool, Concat, Flatten,
 # Reshape, Gemm/MatMul, Slice, Constant, Identity (BatchNormalization is folded into Conv).
-TENSORRT_OPS: frozenset[str] = frozenset({
-    # DRN members
-    "Conv", "BatchNormalization", "Relu", "Add", "Mul", "Sigmoid", "GlobalAveragePool",
-    "ReduceMean", "MaxPool", "AveragePool", "Concat", "Flatten", "Reshape", "Gemm", "MatMul",
-    "Slice", "Constant", "Identity",
-    # common CNN / classification ops
-    "Sub", "Div", "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Min", "Max", "Sum", "Mean",
-    "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "HardSigmoid", "Softplus", "Softsign", "Tanh",
-    "Erf", "Softmax", "LogSoftmax", "ConvTranspose", "GlobalMaxPool", "LRN",
-    "InstanceNormalization", "LayerNormalization", "Dropout", "Pad", "Resize", "Upsample",
-    "Transpose", "Squeeze", "Unsqueeze", "Split", "Gather", "GatherElements", "Expand", "Tile",
-    "Shape", "Size", "Cast", "ConstantOfShape", "Range", "Where", "Equal", "Greater",
-    "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Floor", "Ceil", "Round",
-    "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL2", "ArgMax", "ArgMin", "TopK",
-    "DepthToSpace", "SpaceToDepth", "Einsum", "QuantizeLinear", "DequantizeLinear",
-})
+TENSORRT_OPS: frozenset[str] = frozenset(
+    {
+        # DRN members
+        "Conv",
+        "BatchNormalization",
+        "Relu",
+        "Add",
+        "Mul",
+        "Sigmoid",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "MaxPool",
+        "AveragePool",
+        "Concat",
+        "Flatten",
+        "Reshape",
+        "Gemm",
+        "MatMul",
+        "Slice",
+        "Constant",
+        "Identity",
+        # common CNN / classification ops
+        "Sub",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Abs",
+        "Neg",
+        "Min",
+        "Max",
+        "Sum",
+        "Mean",
+        "Clip",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "Softplus",
+        "Softsign",
+        "Tanh",
+        "Erf",
+        "Softmax",
+        "LogSoftmax",
+        "ConvTranspose",
+        "GlobalMaxPool",
+        "LRN",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "Dropout",
+        "Pad",
+        "Resize",
+        "Upsample",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Split",
+        "Gather",
+        "GatherElements",
+        "Expand",
+        "Tile",
+        "Shape",
+        "Size",
+        "Cast",
+        "ConstantOfShape",
+        "Range",
+        "Where",
+        "Equal",
+        "Greater",
+        "GreaterOrEqual",
+        "Less",
+        "LessOrEqual",
+        "Not",
+        "And",
+        "Or",
+        "Floor",
+        "Ceil",
+        "Round",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceSum",
+        "ReduceProd",
+        "ReduceL2",
+        "ArgMax",
+        "ArgMin",
+        "TopK",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Einsum",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
+)
 
 # Known to be rejected by the parser: named in the report so the fix is obvious.
-TENSORRT_UNSUPPORTED_OPS: frozenset[str] = frozenset({
-    "BitShift", "Compress", "ConcatFromSequence", "ConvInteger", "Det", "DynamicQuantizeLinear",
-    "Hardmax", "MatMulInteger", "MaxRoiPool", "MaxUnpool", "MeanVarianceNormalization",
-    "Multinomial", "NegativeLogLikelihoodLoss", "QLinearConv", "QLinearMatMul", "RandomNormal",
-    "RandomNormalLike", "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
-    "SequenceInsert", "SequenceLength", "SoftmaxCrossEntropyLoss", "SplitToSequence",
-    "StringNormalizer", "TfIdfVectorizer", "Unique",
-})
+TENSORRT_UNSUPPORTED_OPS: frozenset[str] = frozenset(
+    {
+        "BitShift",
+        "Compress",
+        "ConcatFromSequence",
+        "ConvInteger",
+        "Det",
+        "DynamicQuantizeLinear",
+        "Hardmax",
+        "MatMulInteger",
+        "MaxRoiPool",
+        "MaxUnpool",
+        "MeanVarianceNormalization",
+        "Multinomial",
+        "NegativeLogLikelihoodLoss",
+        "QLinearConv",
+        "QLinearMatMul",
+        "RandomNormal",
+        "RandomNormalLike",
+        "SequenceAt",
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "SequenceErase",
+        "SequenceInsert",
+        "SequenceLength",
+        "SoftmaxCrossEntropyLoss",
+        "SplitToSequence",
+        "StringNormalizer",
+        "TfIdfVectorizer",
+        "Unique",
+    }
+)
 
 MIN_OPSET = 9  # the oldest opset TensorRT's ONNX parser imports
 MAX_CHECKED_OPSET = 20  # newer opsets may parse, but fracscan has not checked them
@@ -90,8 +195,10 @@ class OnnxCheckReport:
         return not self.errors
 
     def summary(self) -> str:
-        head = (f"{self.path.name}: opset {self.opset}, IR {self.ir_version}, "
-                f"{sum(self.ops.values())} nodes / {len(self.ops)} op types")
+        head = (
+            f"{self.path.name}: opset {self.opset}, IR {self.ir_version}, "
+            f"{sum(self.ops.values())} nodes / {len(self.ops)} op types"
+        )
         lines = [head + (" - OK" if self.ok else f" - {len(self.errors)} error(s)")]
         lines += [f"  error: {e}" for e in self.errors]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -99,8 +206,9 @@ class OnnxCheckReport:
 
     def raise_for_errors(self) -> OnnxCheckReport:
         if self.errors:
-            raise OnnxCheckError(f"{self.path}: not buildable with TensorRT:\n" +
-                                 "\n".join(f"  - {e}" for e in self.errors))
+            raise OnnxCheckError(
+                f"{self.path}: not buildable with TensorRT:\n" + "\n".join(f"  - {e}" for e in self.errors)
+            )
         return self
 
 
@@ -108,8 +216,10 @@ def _dims(value_info) -> list:
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return []
-    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
-            for d in t.tensor_type.shape.dim]
+    return [
+        d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
+        for d in t.tensor_type.shape.dim
+    ]
 
 
 def _is_static(dim) -> bool:
@@ -136,13 +246,7 @@ def fold_onnx_constants(src: str | Path, dst: str | Path) -> Path:
     Basic level only: constant folding and redundant-node elimination, output stays standard
     ONNX (the extended level would write ORT-specific fused ops TensorRT cannot read).
     """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    ort_session(src, optimization="basic", save_optimized_to=dst)
     return Path(dst)
 
 
@@ -173,7 +277,7 @@ def check_onnx_for_tensorrt(
         tmp = tempfile.TemporaryDirectory()
         try:
             check_path = fold_onnx_constants(path, Path(tmp.name) / path.name)
-        except Exception as exc:  # noqa: BLE001 - reported, the unfolded file is checked instead
+        except Exception as exc:  # reported, the unfolded file is checked instead
             report.warnings.append(f"constant folding failed ({type(exc).__name__}: {exc}); checked the file as is")
             check_path = path
     try:
@@ -188,11 +292,16 @@ def check_onnx_for_tensorrt(
     return report
 
 
-def _check(path: Path, report: OnnxCheckReport, allowed: frozenset[str], batch_dynamic: bool,
-           expected_inputs: dict[str, list[int]] | None) -> None:
+def _check(
+    path: Path,
+    report: OnnxCheckReport,
+    allowed: frozenset[str],
+    batch_dynamic: bool,
+    expected_inputs: dict[str, list[int]] | None,
+) -> None:
     try:
         model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - any load failure is the answer
+    except Exception as exc:  # any load failure is the answer
         report.errors.append(f"not a readable ONNX file: {type(exc).__name__}: {exc}")
         return
     report.ir_version = model.ir_version
@@ -207,7 +316,7 @@ def _check(path: Path, report: OnnxCheckReport, allowed: frozenset[str], batch_d
     # 2. shape inference: the shapes TensorRT and the Triton config will see
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as exc:  # noqa: BLE001 - InferenceError, or a ValidationError on bad types
+    except Exception as exc:  # InferenceError, or a ValidationError on bad types
         report.errors.append(f"shape inference: {str(exc).strip().splitlines()[0]}")
         inferred = model
 
@@ -215,13 +324,19 @@ def _check(path: Path, report: OnnxCheckReport, allowed: frozenset[str], batch_d
     if report.opset is None:
         report.errors.append("no opset for the default ONNX domain")
     elif report.opset < MIN_OPSET:
-        report.errors.append(f"opset {report.opset} < {MIN_OPSET}: TensorRT's ONNX parser needs opset {MIN_OPSET} or later")
+        report.errors.append(
+            f"opset {report.opset} < {MIN_OPSET}: TensorRT's ONNX parser needs opset {MIN_OPSET} or later"
+        )
     elif report.opset > MAX_CHECKED_OPSET:
-        report.warnings.append(f"opset {report.opset} > {MAX_CHECKED_OPSET}: newer than fracscan has checked "
-                               "with TensorRT; export with opset 17 if the engine build fails")
+        report.warnings.append(
+            f"opset {report.opset} > {MAX_CHECKED_OPSET}: newer than fracscan has checked "
+            "with TensorRT; export with opset 17 if the engine build fails"
+        )
     if report.ir_version and report.ir_version > MAX_IR_VERSION:
-        report.warnings.append(f"IR version {report.ir_version} > {MAX_IR_VERSION}: a TensorRT parser built "
-                               "against an older onnx may refuse it")
+        report.warnings.append(
+            f"IR version {report.ir_version} > {MAX_IR_VERSION}: a TensorRT parser built "
+            "against an older onnx may refuse it"
+        )
 
     # 4. static non-batch dims on every graph input and output
     initializers = {i.name for i in inferred.graph.initializer}
@@ -238,13 +353,15 @@ def _check(path: Path, report: OnnxCheckReport, allowed: frozenset[str], batch_d
                 report.errors.append(f"{kind} '{name}' dim 0 is dynamic ({dims[0]!r})")
             dynamic = [i + (1 if batch_dynamic else 0) for i, d in enumerate(rest) if not _is_static(d)]
             if dynamic:
-                report.errors.append(f"{kind} '{name}' has dynamic non-batch dims at axes {dynamic}: {dims} "
-                                     "(only the batch may vary)")
+                report.errors.append(
+                    f"{kind} '{name}' has dynamic non-batch dims at axes {dynamic}: {dims} (only the batch may vary)"
+                )
     for v in graph_inputs:
         elem = v.type.tensor_type.elem_type
         if elem and elem != onnx.TensorProto.FLOAT:
-            report.warnings.append(f"input '{v.name}' is {onnx.TensorProto.DataType.Name(elem)}, "
-                                   "the Triton member config expects FP32")
+            report.warnings.append(
+                f"input '{v.name}' is {onnx.TensorProto.DataType.Name(elem)}, the Triton member config expects FP32"
+            )
     if expected_inputs is not None:
         for name, want in expected_inputs.items():
             got = report.inputs.get(name)
@@ -266,8 +383,10 @@ def _check(path: Path, report: OnnxCheckReport, allowed: frozenset[str], batch_d
         if op in TENSORRT_UNSUPPORTED_OPS:
             report.errors.append(f"operator {op} ({report.ops[op]}x) is not supported by TensorRT's ONNX parser")
         else:
-            report.errors.append(f"operator {op} ({report.ops[op]}x) is not in fracscan's list of TensorRT-supported "
-                                 "ops; verify with trtexec in the serving container, then allow it")
+            report.errors.append(
+                f"operator {op} ({report.ops[op]}x) is not in fracscan's list of TensorRT-supported "
+                "ops; verify with trtexec in the serving container, then allow it"
+            )
 
 
 def check_members(paths: list[Path], size: int | None = None) -> list[OnnxCheckReport]:

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from scipy import ndimage
 
+from fracscan.demo.inputs import synthetic_radiographs
+from fracscan.onnxrt import ort_session
 from fracscan.spec import MAP_STRIDE, MemberSpec
 
 from .members import SPP_GRIDS, FractureMember
@@ -114,46 +115,21 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
     return path
 
 
-def synthetic_radiographs(batch: int, size: int, seed: int = 0) -> np.ndarray:
-    """Real-looking inputs [batch, 2, S, S] in [-1, 1]: smooth bone-like blobs, sharp edges, a
-    dark padding band, noise (channel 0), and a local-contrast-normalised copy (channel 1)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    out = np.empty((batch, 2, size, size), np.float32)
-    for b in range(batch):
-        img = -0.8 + 0.3 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
-        for _ in range(rng.integers(2, 6)):  # elongated "bones"
-            cx, cy = rng.uniform(0.2, 0.8, 2)
-            sx, sy = rng.uniform(0.03, 0.25, 2)
-            img += rng.uniform(0.5, 1.2) * np.exp(-((xx - cx) ** 2 / sx**2 + (yy - cy) ** 2 / sy**2))
-        a, c = rng.uniform(-1, 1, 2)  # a sharp line "fracture" edge
-        img[np.abs(a * (xx - 0.5) + (yy - 0.5) - c * 0.2) < 0.004] -= 0.6
-        img += rng.normal(0, 0.03, img.shape)
-        img[:, : int(size * rng.uniform(0, 0.1))] = -1.0  # padding band
-        plain = np.clip(img, -1, 1)
-        sigma = max(size / 64, 1.0)
-        mean = ndimage.gaussian_filter(plain, sigma)
-        std = np.sqrt(np.maximum(ndimage.gaussian_filter((plain - mean) ** 2, sigma), 0.0)) + 0.1
-        out[b, 0], out[b, 1] = plain, np.clip((plain - mean) / std, -3, 3) / 3
-    return out
-
-
-def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs=None,
-                 atol: float = 1e-4) -> float:
+def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs=None, atol: float = 1e-4) -> float:
     """Max |ONNX Runtime - PyTorch| over all outputs; raises ParityError above `atol`.
 
-    Default inputs: uniform noise and `synthetic_radiographs`, each at batch 1 and 3.
+    Default inputs: uniform noise and `synthetic_radiographs` (demo radiographs through the core
+    pre-processing), each at batch 1 and 3.
     """
-    import onnxruntime as ort
-
     if inputs is None:
         rng = np.random.default_rng(1)
-        inputs = [rng.uniform(-1, 1, (1, 2, size, size)).astype(np.float32),
-                  rng.uniform(-1, 1, (3, 2, size, size)).astype(np.float32),
-                  synthetic_radiographs(1, size, seed=2), synthetic_radiographs(3, size, seed=3)]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        inputs = [
+            rng.uniform(-1, 1, (1, 2, size, size)).astype(np.float32),
+            rng.uniform(-1, 1, (3, 2, size, size)).astype(np.float32),
+            synthetic_radiographs(1, size, seed=2),
+            synthetic_radiographs(3, size, seed=3),
+        ]
+    session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
     if names != list(model.output_names):
         raise ParityError(f"member {model.spec.name!r}: ONNX outputs {names}, model outputs {list(model.output_names)}")
@@ -166,15 +142,17 @@ def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs
             got = session.run(names, {"image": x})
             with torch.no_grad():
                 ref = model(torch.from_numpy(x))
-            for name, g in zip(names, got):
+            for name, g in zip(names, got, strict=True):
                 r = ref[name].numpy()
                 if g.shape != r.shape:
                     raise ParityError(f"member {model.spec.name!r}: output {name} shape {g.shape} vs {r.shape}")
                 diff = float(np.max(np.abs(g - r)))
                 worst = max(worst, diff)
                 if not diff <= atol:  # also catches NaN
-                    raise ParityError(f"member {model.spec.name!r}: output {name} at batch {len(x)} "
-                                      f"differs by {diff:.3g} > atol {atol:g} ({onnx_path})")
+                    raise ParityError(
+                        f"member {model.spec.name!r}: output {name} at batch {len(x)} "
+                        f"differs by {diff:.3g} > atol {atol:g} ({onnx_path})"
+                    )
     finally:
         model.train(was_training)
     return worst

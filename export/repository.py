@@ -16,23 +16,27 @@ are identical everywhere.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fracscan.pipeline import SPEC_FILE, THRESHOLDS_FILE
+from fracscan import contract as c
+from fracscan import provenance
 from fracscan.postprocess import OperatingPoint, Thresholds
+from fracscan.provenance import Provenance
 from fracscan.spec import EnsembleSpec, save_spec
 
 Target = Literal["cpu", "onnxruntime", "tensorrt"]
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
-ENSEMBLE_NAME = "fracscan"
+ENSEMBLE_NAME = c.ENSEMBLE_MODEL
 
-FP32, BOOL, STRING = mc.DataType.TYPE_FP32, mc.DataType.TYPE_BOOL, mc.DataType.TYPE_STRING
+_DATATYPES = {"FP32": mc.DataType.TYPE_FP32, "BOOL": mc.DataType.TYPE_BOOL, "BYTES": mc.DataType.TYPE_STRING}
 
 _ADAPTER = "from fracscan.triton_models import {cls} as TritonPythonModel  # noqa: F401\n"
 
@@ -45,23 +49,21 @@ class RepositoryOptions:
     preprocess_instances: int = 2  # decoding + LCN is the CPU-heavy python step
     member_instances: int = 1
     gpu_instances: int = 1  # tensorrt / onnxruntime-on-GPU members
-    # tensorrt target only (fracscan.export.tensorrt): one engine file per compute capability,
+    # tensorrt target only (fracscan.export.tensorrt.config): one engine file per compute capability,
     # a model_warmup sample of `image` ("zero", "random" or "none"), optional CUDA graphs
     trt_compute_capabilities: tuple[str, ...] = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
     warmup: str = "zero"
     cuda_graphs: bool = False
 
 
-def _tensor(name: str, dtype: int, dims: list[int], optional: bool = False) -> dict:
-    return {"name": name, "data_type": dtype, "dims": dims, "optional": optional}
-
-
-def _config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, **extra) -> mc.ModelConfig:
+def _config(
+    name: str, inputs: tuple[c.Tensor, ...], outputs: tuple[c.Tensor, ...], max_batch_size: int, **extra: Any
+) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, max_batch_size=max_batch_size, **extra)
     for t in inputs:
-        cfg.input.add(**{k: v for k, v in t.items() if k != "optional" or v})
+        cfg.input.add(name=t.name, data_type=_DATATYPES[t.datatype], dims=list(t.dims), optional=t.optional)
     for t in outputs:
-        cfg.output.add(**{k: v for k, v in t.items() if k != "optional"})
+        cfg.output.add(name=t.name, data_type=_DATATYPES[t.datatype], dims=list(t.dims))
     return cfg
 
 
@@ -69,25 +71,16 @@ def _cpu_instances(count: int) -> list[mc.ModelInstanceGroup]:
     return [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.Kind.KIND_CPU, count=count)]
 
 
-def member_io(spec: EnsembleSpec, index: int) -> tuple[list[dict], list[dict]]:
-    s, h = spec.preprocess.size, spec.preprocess.map_size
-    outputs = [_tensor("score", FP32, [1])]
-    if spec.members[index].map:
-        outputs.append(_tensor("map", FP32, [1, h, h]))
-    return [_tensor("image", FP32, [2, s, s])], outputs
+def member_io(spec: EnsembleSpec, index: int) -> tuple[tuple[c.Tensor, ...], tuple[c.Tensor, ...]]:
+    pre = spec.preprocess
+    return c.member_inputs(pre.size), c.member_outputs(pre.map_size, spec.members[index].map)
 
 
 def preprocess_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
-    s = spec.preprocess.size
     return _config(
-        "preprocess",
-        [_tensor("IMAGE", STRING, [1]), _tensor("REGION", STRING, [1], optional=True)],
-        [
-            _tensor("PIXELS", FP32, [2, s, s]),
-            _tensor("GEOMETRY", FP32, [9]),
-            _tensor("REGION_USED", STRING, [1]),
-            _tensor("REGION_SOURCE", STRING, [1]),
-        ],
+        c.PREPROCESS_MODEL,
+        c.ENSEMBLE_INPUTS,
+        c.preprocess_outputs(spec.preprocess.size),
         opt.max_batch_size,
         backend="python",
         instance_group=_cpu_instances(opt.preprocess_instances),
@@ -96,31 +89,25 @@ def preprocess_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelCon
 
 
 def average_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
-    h = spec.preprocess.map_size
-    m = len(spec.members)
-    inputs = [_tensor(f"SCORE_{i:02d}", FP32, [1]) for i in range(m)]
-    inputs += [_tensor(f"MAP_{i:02d}", FP32, [1, h, h]) for i in spec.map_members]
-    outputs = [_tensor("SCORE", FP32, [1]), _tensor("MEMBER_SCORES", FP32, [m])]
-    if spec.map_members:
-        outputs.append(_tensor("MAP", FP32, [h, h]))
+    h, m = spec.preprocess.map_size, len(spec.members)
     return _config(
-        "average", inputs, outputs, opt.max_batch_size, backend="python", instance_group=_cpu_instances(1)
+        c.AVERAGE_MODEL,
+        c.average_inputs(m, spec.map_members, h),
+        c.average_outputs(m, h, bool(spec.map_members)),
+        opt.max_batch_size,
+        backend="python",
+        instance_group=_cpu_instances(1),
     )
 
 
 def threshold_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
-    h = spec.preprocess.map_size
-    inputs = [_tensor("SCORE", FP32, [1]), _tensor("GEOMETRY", FP32, [9]), _tensor("REGION_USED", STRING, [1])]
-    if spec.map_members:
-        inputs.append(_tensor("MAP", FP32, [h, h]))
-    outputs = [
-        _tensor("FRACTURE", BOOL, [1]),
-        _tensor("THRESHOLD", FP32, [1]),
-        _tensor("FALLBACK", BOOL, [1]),
-        _tensor("BOXES", FP32, [-1, 5]),
-    ]
     return _config(
-        "threshold", inputs, outputs, opt.max_batch_size, backend="python", instance_group=_cpu_instances(1)
+        c.THRESHOLD_MODEL,
+        c.threshold_inputs(len(spec.members), spec.preprocess.map_size, bool(spec.map_members)),
+        c.ensemble_outputs(len(spec.members)),
+        opt.max_batch_size,
+        backend="python",
+        instance_group=_cpu_instances(1),
     )
 
 
@@ -130,11 +117,12 @@ def member_config(spec: EnsembleSpec, index: int, target: Target, opt: Repositor
         preferred_batch_size=[b for b in opt.preferred_batch_sizes if b <= opt.max_batch_size],
         max_queue_delay_microseconds=opt.max_queue_delay_us,
     )
-    name = spec.member_model_name(index)
+    name = c.member_model(index)
+    extra: dict[str, Any]
     if target == "cpu":
         extra = {"backend": "python", "instance_group": _cpu_instances(opt.member_instances)}
     elif target == "onnxruntime":
-        extra = {"backend": "onnxruntime", "default_model_filename": "model.onnx"}
+        extra = {"backend": "onnxruntime", "default_model_filename": c.ONNX_FILE}
     elif target == "tensorrt":
         from fracscan.export.tensorrt import tensorrt_member_fields  # platform, GPU instances, engines, warmup
 
@@ -144,53 +132,58 @@ def member_config(spec: EnsembleSpec, index: int, target: Target, opt: Repositor
     return _config(name, inputs, outputs, opt.max_batch_size, dynamic_batching=batching, **extra)
 
 
-def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
+def _served(record: Provenance) -> str:
+    """The provenance as the ensemble config carries it (no date: the same members give the same config)."""
+    return json.dumps({k: v for k, v in record.to_json().items() if k != "created"}, sort_keys=True)
+
+
+def _same(names: Any) -> dict[str, str]:
+    return {n: n for n in names}
+
+
+def _onward(names: Any) -> dict[str, str]:
+    """An early step's output map: answers the last step passes on travel under their passed-through names."""
+    return {n: c.passed_through(n) if n in c.PASSED_ON else n for n in names}
+
+
+def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenance | None = None) -> mc.ModelConfig:
     """preprocess -> member_00..NN (fan-out) -> average -> threshold, one request in, one answer out."""
+    members = len(spec.members)
     cfg = _config(
-        ENSEMBLE_NAME,
-        [_tensor("IMAGE", STRING, [1]), _tensor("REGION", STRING, [1], optional=True)],
-        [
-            _tensor("SCORE", FP32, [1]),
-            _tensor("FRACTURE", BOOL, [1]),
-            _tensor("THRESHOLD", FP32, [1]),
-            _tensor("REGION_USED", STRING, [1]),
-            _tensor("REGION_SOURCE", STRING, [1]),
-            _tensor("FALLBACK", BOOL, [1]),
-            _tensor("MEMBER_SCORES", FP32, [len(spec.members)]),
-            _tensor("BOXES", FP32, [-1, 5]),
-        ],
-        opt.max_batch_size,
-        platform="ensemble",
+        c.ENSEMBLE_MODEL, c.ENSEMBLE_INPUTS, c.ensemble_outputs(members), opt.max_batch_size, platform="ensemble"
     )
-    # Clients read these to tell users which ensemble answered (e.g. the demo notice).
-    cfg.parameters["ensemble_spec"].string_value = spec.name
-    cfg.parameters["description"].string_value = spec.description
+    # Clients read these to tell users which ensemble answered (the demo notice, random weights, calibration).
+    cfg.parameters[c.PARAM_SPEC].string_value = spec.name
+    cfg.parameters[c.PARAM_DESCRIPTION].string_value = spec.description
+    if record is not None:
+        cfg.parameters[c.PARAM_PROVENANCE].string_value = _served(record)
     steps = cfg.ensemble_scheduling.step
     steps.add(
-        model_name="preprocess",
+        model_name=c.PREPROCESS_MODEL,
         model_version=-1,
-        input_map={"IMAGE": "IMAGE", "REGION": "REGION"},
-        output_map={n: n for n in ("PIXELS", "GEOMETRY", "REGION_USED", "REGION_SOURCE")},
+        input_map=_same(t.name for t in c.ENSEMBLE_INPUTS),
+        output_map=_onward(t.name for t in c.preprocess_outputs(spec.preprocess.size)),
     )
     for i, member in enumerate(spec.members):
-        outputs = {"score": f"SCORE_{i:02d}"}
+        outputs = {c.MEMBER_SCORE: c.member_score(i)}
         if member.map:
-            outputs["map"] = f"MAP_{i:02d}"
-        steps.add(model_name=spec.member_model_name(i), model_version=-1, input_map={"image": "PIXELS"}, output_map=outputs)
-    avg_inputs = {f"SCORE_{i:02d}": f"SCORE_{i:02d}" for i in range(len(spec.members))}
-    avg_inputs |= {f"MAP_{i:02d}": f"MAP_{i:02d}" for i in spec.map_members}
-    avg_outputs = {"SCORE": "SCORE", "MEMBER_SCORES": "MEMBER_SCORES"}
-    if spec.map_members:
-        avg_outputs["MAP"] = "MAP"
-    steps.add(model_name="average", model_version=-1, input_map=avg_inputs, output_map=avg_outputs)
-    thr_inputs = {"SCORE": "SCORE", "GEOMETRY": "GEOMETRY", "REGION_USED": "REGION_USED"}
-    if spec.map_members:
-        thr_inputs["MAP"] = "MAP"
+            outputs[c.MEMBER_MAP] = c.member_map(i)
+        steps.add(
+            model_name=c.member_model(i), model_version=-1, input_map={c.MEMBER_INPUT: c.PIXELS}, output_map=outputs
+        )
+    has_map = bool(spec.map_members)
+    h = spec.preprocess.map_size
     steps.add(
-        model_name="threshold",
+        model_name=c.AVERAGE_MODEL,
         model_version=-1,
-        input_map=thr_inputs,
-        output_map={n: n for n in ("FRACTURE", "THRESHOLD", "FALLBACK", "BOXES")},
+        input_map=_same(t.name for t in c.average_inputs(members, spec.map_members, h)),
+        output_map=_onward(t.name for t in c.average_outputs(members, h, has_map)),
+    )
+    steps.add(
+        model_name=c.THRESHOLD_MODEL,
+        model_version=-1,
+        input_map=_same(t.name for t in c.threshold_inputs(members, h, has_map)),
+        output_map=_same(t.name for t in c.ensemble_outputs(members)),
     )
     return cfg
 
@@ -210,6 +203,14 @@ def default_thresholds(spec: EnsembleSpec) -> Thresholds:
     return Thresholds({r: point for r in spec.regions}, point, {"calibrated": False, "spec": spec.name})
 
 
+def _write_ensemble(output: Path, spec: EnsembleSpec, options: RepositoryOptions, record: Provenance) -> Path:
+    version = output / c.ENSEMBLE_MODEL / c.MODEL_VERSION
+    version.mkdir(parents=True, exist_ok=True)
+    (output / c.ENSEMBLE_MODEL / c.CONFIG_FILE).write_text(config_text(ensemble_config(spec, options, record)))
+    (version / ".gitkeep").touch()  # an ensemble's version folder is empty, and git keeps no empty folders
+    return version
+
+
 def write_repository(
     spec: EnsembleSpec,
     output: Path,
@@ -217,6 +218,8 @@ def write_repository(
     member_onnx: list[Path],
     thresholds: Thresholds | None = None,
     options: RepositoryOptions = RepositoryOptions(),
+    *,
+    random_weights: bool = False,
 ) -> Path:
     """Write a complete repository; member_onnx[i] is member i's exported ONNX file."""
     if len(member_onnx) != len(spec.members):
@@ -225,24 +228,54 @@ def write_repository(
     output.mkdir(parents=True, exist_ok=True)
 
     def write(cfg: mc.ModelConfig, adapter: str | None = None) -> Path:
-        version = output / cfg.name / "1"
+        version = output / cfg.name / c.MODEL_VERSION
         version.mkdir(parents=True, exist_ok=True)
-        (output / cfg.name / "config.pbtxt").write_text(config_text(cfg))
+        (output / cfg.name / c.CONFIG_FILE).write_text(config_text(cfg))
         if adapter:
-            (version / "model.py").write_text(_ADAPTER.format(cls=adapter))
+            (version / c.PYTHON_MODEL_FILE).write_text(_ADAPTER.format(cls=adapter))
         return version
 
     write(preprocess_config(spec, options), "PreprocessModel")
     write(average_config(spec, options), "AverageModel")
     write(threshold_config(spec, options), "ThresholdModel")
-    # An ensemble's version folder is empty, and git keeps no empty folders.
-    (write(ensemble_config(spec, options)) / ".gitkeep").touch()
+    hashes = []
     for i, onnx_path in enumerate(member_onnx):
         version = write(member_config(spec, i, target, options), "MemberModel" if target == "cpu" else None)
-        if Path(onnx_path).resolve() != (version / "model.onnx").resolve():
-            shutil.copyfile(onnx_path, version / "model.onnx")
+        if Path(onnx_path).resolve() != (version / c.ONNX_FILE).resolve():
+            shutil.copyfile(onnx_path, version / c.ONNX_FILE)
+        hashes.append(provenance.sha256_file(version / c.ONNX_FILE))
     # The spec as served (member files live in the repository, so their source paths are dropped).
     served = replace(spec, members=tuple(replace(m, checkpoint=None, onnx=None) for m in spec.members))
-    save_spec(served, output / SPEC_FILE)
-    (thresholds or default_thresholds(spec)).save(output / THRESHOLDS_FILE)
+    save_spec(served, output / c.SPEC_FILE)
+    thresholds = thresholds or default_thresholds(spec)
+    thresholds.save(output / c.THRESHOLDS_FILE)
+    record = Provenance(
+        spec=spec.name,
+        demo=spec.demo,
+        random_weights=random_weights,
+        calibrated=provenance.thresholds_calibrated(thresholds.provenance),
+        member_hashes=tuple(hashes),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    provenance.write(output, record)
+    _write_ensemble(output, spec, options, record)
     return output
+
+
+def install_thresholds(repository: Path, thresholds: Thresholds) -> Provenance:
+    """Install a thresholds file into a repository; its provenance (file and served config) follows.
+
+    The server reads both at start: restart it (no rebuild) for the new thresholds to apply.
+    """
+    from fracscan.spec import load_spec
+
+    repository = Path(repository)
+    load_spec(repository / c.SPEC_FILE)  # fail before writing anything if this is not a fracscan repository
+    thresholds.save(repository / c.THRESHOLDS_FILE)
+    record = provenance.read(repository)
+    provenance.write(repository, record)
+    config_path = repository / c.ENSEMBLE_MODEL / c.CONFIG_FILE
+    cfg = parse_config(config_path.read_text())
+    cfg.parameters[c.PARAM_PROVENANCE].string_value = _served(record)
+    config_path.write_text(config_text(cfg))
+    return record

@@ -10,20 +10,18 @@ and `member_XX/1/model.onnx` sit beside the Triton model folders.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fracscan import contract
 from fracscan.decode import DecodeError, decode_image
+from fracscan.onnxrt import ort_session
 from fracscan.postprocess import Decision, Thresholds, average_maps, average_scores, decide
 from fracscan.preprocess import EmptyImageError, Geometry, preprocess
 from fracscan.spec import EnsembleSpec, load_spec
-
-SPEC_FILE = "fracscan.toml"
-THRESHOLDS_FILE = "thresholds.json"
 
 
 class InputError(ValueError):
@@ -54,31 +52,12 @@ def combine(member_scores: list[float], member_maps: list[np.ndarray]) -> tuple[
     return average_scores(np.asarray(member_scores)), average_maps(member_maps)
 
 
-def ort_session(onnx_path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with deliberate thread settings.
-
-    `threads` defaults to $FRACSCAN_ORT_THREADS, else 1: the ensemble runs ten members side
-    by side, so one intra-op thread per member session avoids oversubscribing the cores.
-    """
-    import onnxruntime as ort  # server-side dependency (extra "server")
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or int(os.environ.get("FRACSCAN_ORT_THREADS", "1"))
-    opts.inter_op_num_threads = 1
-    if opts.intra_op_num_threads > 1:
-        # Spin-waiting workers of ten sessions fight over the cores: 2 spinning threads per
-        # session measured 10x slower than 1 thread; without spinning they match it (benchmarks/).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-
 def run_member(session, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Step 2 for one member: [B, 2, S, S] -> scores [B], maps [B, S/8, S/8] or None."""
-    outputs = session.run(None, {"image": np.ascontiguousarray(pixels, dtype=np.float32)})
+    outputs = session.run(None, {contract.MEMBER_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})
     names = [o.name for o in session.get_outputs()]
-    scores = outputs[names.index("score")].reshape(-1)
-    maps = outputs[names.index("map")][:, 0] if "map" in names else None
+    scores = outputs[names.index(contract.MEMBER_SCORE)].reshape(-1)
+    maps = outputs[names.index(contract.MEMBER_MAP)][:, 0] if contract.MEMBER_MAP in names else None
     return scores, maps
 
 
@@ -93,10 +72,10 @@ class EnsembleRepository:
     @classmethod
     def open(cls, path: str | Path) -> EnsembleRepository:
         path = Path(path)
-        return cls(path, load_spec(path / SPEC_FILE), Thresholds.load(path / THRESHOLDS_FILE))
+        return cls(path, load_spec(path / contract.SPEC_FILE), Thresholds.load(path / contract.THRESHOLDS_FILE))
 
     def member_onnx(self, index: int) -> Path:
-        return self.path / self.spec.member_model_name(index) / "1" / "model.onnx"
+        return self.path / contract.member_model(index) / contract.MODEL_VERSION / contract.ONNX_FILE
 
 
 @dataclass(frozen=True)
@@ -110,6 +89,8 @@ class ReferenceResult:
     member_scores: np.ndarray
     boxes: np.ndarray
     latency_s: float
+    level: str = "negative"
+    definite_threshold: float | None = None
 
 
 class ReferenceRunner:
@@ -144,4 +125,6 @@ class ReferenceRunner:
             member_scores=np.asarray(scores, dtype=np.float32),
             boxes=decision.boxes,
             latency_s=time.perf_counter() - start,
+            level=decision.level,
+            definite_threshold=decision.definite_threshold,
         )

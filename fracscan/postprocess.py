@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from fracscan.contract import Level
 from fracscan.preprocess import Geometry
 
 
@@ -133,6 +134,20 @@ class Decision:
     region: str
     fallback: bool  # the region has no calibrated threshold: the fallback one was applied
     boxes: np.ndarray  # [K, 5]
+    level: Level = "negative"  # the boxes inherit it
+    definite_threshold: float | None = None  # the one applied, never below `threshold`
+
+
+def level_for(score: float, point: OperatingPoint) -> tuple[Level, float | None]:
+    """negative / suspicious / definite, and the definite threshold applied.
+
+    `definite` needs score >= max(threshold, definite threshold): a definite answer is never below
+    the suspicious (high-sensitivity) threshold, whatever calibration produced.
+    """
+    definite = None if point.definite_threshold is None else max(point.threshold, point.definite_threshold)
+    if score < point.threshold:
+        return "negative", definite
+    return ("definite" if definite is not None and score >= definite else "suspicious"), definite
 
 
 def decide(
@@ -145,4 +160,5 @@ def decide(
         boxes = extract_boxes(prob_map, point.map_threshold, geometry)
     else:
         boxes = np.zeros((0, 5), dtype=np.float32)
-    return Decision(fracture, point.threshold, region, fallback, boxes)
+    level, definite = level_for(score, point)
+    return Decision(fracture, point.threshold, region, fallback, boxes, level, definite)

@@ -1,8 +1,9 @@
 """The embedded CPU Triton server: the `tritonserver` binary from the nvidia-pytriton wheel.
 
 It is a real Triton server (HTTP, gRPC, metrics, ensemble scheduler, dynamic batching)
-serving python-backend models that run ONNX Runtime. Three facts make the python backend
-work from a virtual environment (see DESIGN.md):
+serving python-backend models that run ONNX Runtime. The wheel ships the server for PyTriton's
+own launcher, which prepares its environment itself; started directly from a virtual
+environment, the python backend works once three facts hold, and this module sees to them:
 
 1. the stub for the running Python is copied next to `libtriton_python.so`, in a writable
    copy of the wheel's backends folder;
@@ -10,10 +11,17 @@ work from a virtual environment (see DESIGN.md):
    the copied stub no longer finds them relative to itself;
 3. this environment's `bin/` is first on the server's PATH, so the stub's `python` imports
    this environment's packages (numpy, onnxruntime, pydicom, fracscan).
+
+`DEMO_REPOSITORY` is the committed demo repository of a source checkout; an installed wheel does
+not include it, so starting on a repository that does not exist fails with a message that names
+the path and says to pass one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -38,10 +46,25 @@ class ServerError(RuntimeError):
     """The embedded server could not be started or did not become ready."""
 
 
+class RepositoryNotFoundError(ServerError):
+    """The model repository to serve does not exist (e.g. the checkout's demo default, from a wheel)."""
+
+
+def require_repository(path: Path) -> Path:
+    """`path` if it is a directory; else a RepositoryNotFoundError naming it and the way out."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    raise RepositoryNotFoundError(
+        f"no model repository at {path}; pass --repository DIR, a repository written by `fracscan export` "
+        "(the demo repository, the default, exists only in a source checkout)"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _pytriton_root() -> Path:
@@ -55,6 +78,20 @@ def _pytriton_root() -> Path:
     return root
 
 
+def backends_dir_name(root: Path, python_version: str) -> str:
+    """The cache folder for one pytriton install and Python: the same name in every process.
+
+    A digest of the wheel's version and location (not `hash()`, which is salted per process), so
+    a second start reuses the first one's copy and a new wheel gets a fresh one.
+    """
+    try:
+        wheel = importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        wheel = "unknown"
+    key = hashlib.sha256(f"{wheel}\0{root.resolve()}".encode()).hexdigest()[:16]
+    return f"triton-backends-py{python_version}-{key}"
+
+
 def prepare_backends(cache_dir: Path | None = None) -> Path:
     """A writable copy of the wheel's backends with this Python's stub beside libtriton_python.so."""
     root = _pytriton_root()
@@ -63,16 +100,14 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
     if not stub.exists():
         raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {version}")
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fracscan"
-    target = cache_dir / f"triton-backends-py{version}-{abs(hash(str(root))) % 10**8}"
+    target = cache_dir / backends_dir_name(root, version)
     if not (target / "python" / "triton_python_backend_stub").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir))
         shutil.copytree(root / "tritonserver" / "backends", tmp / "backends")
         shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
-        try:
+        with contextlib.suppress(OSError):  # another process won the race; its copy is complete
             (tmp / "backends").rename(target)  # atomic: concurrent starts never see half a copy
-        except OSError:
-            pass  # another process won the race; its copy is complete
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -94,9 +129,9 @@ class EmbeddedServer:
     ort_threads: int = 1
     shm_bytes: int = 64 * 1024 * 1024
     extra_args: list[str] = field(default_factory=list)
-    process: subprocess.Popen | None = field(default=None, init=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.repository = Path(self.repository).resolve()
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
@@ -149,9 +184,10 @@ class EmbeddedServer:
         return env
 
     def start(self, timeout: float = 180.0) -> EmbeddedServer:
+        require_repository(self.repository)
         EnsembleRepository.open(self.repository)  # fail early, with a clear message, on a bad repository
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
+        # The log is closed here once the child has started: it keeps its own copy of the descriptor.
+        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
             self.process = subprocess.Popen(
                 self.command(),
                 env=self.environment(),
@@ -160,9 +196,6 @@ class EmbeddedServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        finally:
-            if self.log_path:
-                log.close()  # the child keeps its own copy of the descriptor
         try:
             self.wait_until_ready(timeout)
         except BaseException:
@@ -195,15 +228,13 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
-        except ProcessLookupError:
-            pass
         for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
             region.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from fracscan import contract
+
 Arch = Literal["drn_c_26", "drn_d_22", "drn_d_38", "drn_d_54"]
 MemberInput = Literal["plain", "lcn", "both"]
 ScoreHead = Literal["gap", "spp"]
@@ -23,7 +25,7 @@ MEMBER_INPUTS: tuple[str, ...] = ("plain", "lcn", "both")
 SCORE_HEADS: tuple[str, ...] = ("gap", "spp")
 MAP_STRIDE = 8  # DRN output stride: the probability map is S/8 x S/8
 
-UNKNOWN_REGION = "unknown"
+UNKNOWN_REGION = contract.UNKNOWN_REGION
 
 
 class SpecError(ValueError):
@@ -66,6 +68,7 @@ class EnsembleSpec:
     regions: dict[str, tuple[str, ...]]  # canonical region -> DICOM aliases (upper case)
     members: tuple[MemberSpec, ...]
     description: str = ""
+    demo: bool = False  # the synthetic-data DEMO ensemble: every answer says so (see fracscan.provenance)
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -73,7 +76,7 @@ class EnsembleSpec:
         return tuple(i for i, m in enumerate(self.members) if m.map)
 
     def member_model_name(self, index: int) -> str:
-        return f"member_{index:02d}"
+        return contract.member_model(index)
 
     def resolve_region(self, requested: str | None, dicom_terms: tuple[str, ...] = ()) -> tuple[str, str]:
         """Return (region, source): the user's region if given, else one matched from DICOM terms.
@@ -159,6 +162,7 @@ def parse_spec(raw: dict, path: Path | str = "<spec>") -> EnsembleSpec:
     return EnsembleSpec(
         name=str(raw.get("name", "fracscan")),
         description=str(raw.get("description", "")),
+        demo=bool(raw.get("demo", False)),
         preprocess=pre,
         regions=regions,
         members=tuple(members),
@@ -171,6 +175,7 @@ def spec_to_dict(spec: EnsembleSpec) -> dict:
     return {
         "name": spec.name,
         "description": spec.description,
+        **({"demo": True} if spec.demo else {}),
         "preprocess": asdict(spec.preprocess),
         "regions": {name: list(aliases) for name, aliases in spec.regions.items()},
         "members": [{k: v for k, v in asdict(m).items() if v is not None} for m in spec.members],
@@ -184,6 +189,11 @@ def save_spec(spec: EnsembleSpec, path: str | Path) -> None:
 
 
 def builtin_spec_path(name: str) -> Path:
-    """Path of a spec shipped with fracscan: 'jones2020' (default, full size) or 'demo'."""
+    """Path of a spec shipped with fracscan: 'jones2020' (default, full size) or 'demo'.
+
+    The demo's spec lives in the demo wing beside its artifacts (a data file: nothing is imported).
+    """
+    if name == "demo":
+        return Path(str(resources.files("fracscan.demo") / "demo.toml"))
     ref = resources.files("fracscan.specs") / f"{name}.toml"
     return Path(str(ref))

@@ -15,15 +15,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside the Triton python stub
 
-from fracscan.pipeline import (
-    SPEC_FILE,
-    THRESHOLDS_FILE,
-    InputError,
-    combine,
-    ort_session,
-    prepare,
-    run_member,
-)
+from fracscan import contract as c
+from fracscan.onnxrt import ort_session
+from fracscan.pipeline import InputError, combine, prepare, run_member
 from fracscan.postprocess import Thresholds, decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
@@ -50,7 +44,7 @@ class _Base:
     def initialize(self, args):
         self.model_dir = Path(args["model_repository"])
         self.repository = self.model_dir.parent
-        self.spec = load_spec(self.repository / SPEC_FILE)
+        self.spec = load_spec(self.repository / c.SPEC_FILE)
 
     def execute(self, requests):
         responses = []
@@ -71,8 +65,8 @@ class PreprocessModel(_Base):
     step = "preprocess"
 
     def handle(self, request):
-        images = _input(request, "IMAGE")
-        regions = _input(request, "REGION")
+        images = _input(request, c.IMAGE)
+        regions = _input(request, c.REGION)
         pixels, geometry, used, source = [], [], [], []
         for i, item in enumerate(images.reshape(len(images), -1)[:, 0]):
             requested = _text(regions.reshape(len(regions), -1)[i, 0]).strip() if regions is not None else ""
@@ -87,10 +81,10 @@ class PreprocessModel(_Base):
             source.append([prepared.region_source.encode()])
         return pb_utils.InferenceResponse(
             [
-                pb_utils.Tensor("PIXELS", np.stack(pixels)),
-                pb_utils.Tensor("GEOMETRY", np.stack(geometry)),
-                pb_utils.Tensor("REGION_USED", np.array(used, dtype=np.object_)),
-                pb_utils.Tensor("REGION_SOURCE", np.array(source, dtype=np.object_)),
+                pb_utils.Tensor(c.PIXELS, np.stack(pixels)),
+                pb_utils.Tensor(c.GEOMETRY, np.stack(geometry)),
+                pb_utils.Tensor(c.REGION_USED, np.array(used, dtype=np.object_)),
+                pb_utils.Tensor(c.REGION_SOURCE, np.array(source, dtype=np.object_)),
             ]
         )
 
@@ -108,11 +102,11 @@ class MemberModel(_Base):
     def initialize(self, args):
         super().initialize(args)
         self.step = self.model_dir.name
-        self.session = ort_session(self.model_dir / args["model_version"] / "model.onnx")
+        self.session = ort_session(self.model_dir / args["model_version"] / c.ONNX_FILE)
 
     def execute(self, requests):
         try:
-            batches = [_input(r, "image") for r in requests]
+            batches = [_input(r, c.MEMBER_INPUT) for r in requests]
             scores, maps = run_member(self.session, np.concatenate(batches))
         except Exception:
             return super().execute(requests)  # fall back to one request at a time, with errors
@@ -120,13 +114,13 @@ class MemberModel(_Base):
         return [_member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in zip(bounds, bounds[1:])]
 
     def handle(self, request):
-        return _member_response(*run_member(self.session, _input(request, "image")))
+        return _member_response(*run_member(self.session, _input(request, c.MEMBER_INPUT)))
 
 
 def _member_response(scores: np.ndarray, maps: np.ndarray | None):
-    outputs = [pb_utils.Tensor("score", scores[:, None].astype(np.float32))]
+    outputs = [pb_utils.Tensor(c.MEMBER_SCORE, scores[:, None].astype(np.float32))]
     if maps is not None:
-        outputs.append(pb_utils.Tensor("map", maps[:, None].astype(np.float32)))
+        outputs.append(pb_utils.Tensor(c.MEMBER_MAP, maps[:, None].astype(np.float32)))
     return pb_utils.InferenceResponse(outputs)
 
 
@@ -137,8 +131,8 @@ class AverageModel(_Base):
 
     def handle(self, request):
         members = range(len(self.spec.members))
-        scores = np.stack([_input(request, f"SCORE_{i:02d}").reshape(-1) for i in members], axis=1)
-        maps = [_input(request, f"MAP_{i:02d}") for i in self.spec.map_members]
+        scores = np.stack([_input(request, c.member_score(i)).reshape(-1) for i in members], axis=1)
+        maps = [_input(request, c.member_map(i)) for i in self.spec.map_members]
         out_scores, out_maps = [], []
         for b in range(scores.shape[0]):
             score, prob_map = combine(list(scores[b]), [m[b] for m in maps])
@@ -146,16 +140,18 @@ class AverageModel(_Base):
             if prob_map is not None:
                 out_maps.append(prob_map)
         outputs = [
-            pb_utils.Tensor("SCORE", np.asarray(out_scores, dtype=np.float32)),
-            pb_utils.Tensor("MEMBER_SCORES", scores.astype(np.float32)),
+            pb_utils.Tensor(c.SCORE, np.asarray(out_scores, dtype=np.float32)),
+            pb_utils.Tensor(c.MEMBER_SCORES, scores.astype(np.float32)),
         ]
         if out_maps:
-            outputs.append(pb_utils.Tensor("MAP", np.stack(out_maps).astype(np.float32)))
+            outputs.append(pb_utils.Tensor(c.MAP, np.stack(out_maps).astype(np.float32)))
         return pb_utils.InferenceResponse(outputs)
 
 
 class ThresholdModel(_Base):
-    """SCORE, MAP, GEOMETRY, REGION_USED -> FRACTURE, THRESHOLD, FALLBACK, BOXES [-1, 5].
+    """The last step: decides (FRACTURE, THRESHOLD, FALLBACK, BOXES [-1, 5], LEVEL, DEFINITE_THRESHOLD) and
+    passes the earlier steps' answers on (SCORE, MEMBER_SCORES, REGION_USED, REGION_SOURCE), so that
+    every ensemble output comes from this step (see `contract.passed_through`).
 
     Thresholds are read from thresholds.json at load; the file is swapped without touching
     the members (see `fracscan calibrate`).
@@ -165,15 +161,16 @@ class ThresholdModel(_Base):
 
     def initialize(self, args):
         super().initialize(args)
-        self.thresholds = Thresholds.load(self.repository / THRESHOLDS_FILE)
+        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
         pb_utils.Logger.log_info(f"threshold: loaded {json.dumps(self.thresholds.provenance)[:200]}")
 
     def handle(self, request):
-        scores = _input(request, "SCORE").reshape(-1)
-        maps = _input(request, "MAP")
-        geometry = _input(request, "GEOMETRY")
-        regions = _input(request, "REGION_USED").reshape(-1)
-        fracture, threshold, fallback, boxes = [], [], [], []
+        passed = {name: _input(request, c.passed_through(name)) for name in c.PASSED_ON}
+        scores = passed[c.SCORE].reshape(-1)
+        regions = passed[c.REGION_USED].reshape(-1)
+        maps = _input(request, c.MAP)
+        geometry = _input(request, c.GEOMETRY)
+        fracture, threshold, fallback, boxes, level, definite = [], [], [], [], [], []
         for b, score in enumerate(scores):
             decision = decide(
                 float(score),
@@ -186,16 +183,21 @@ class ThresholdModel(_Base):
             threshold.append([decision.threshold])
             fallback.append([decision.fallback])
             boxes.append(decision.boxes)
+            level.append([decision.level.encode()])
+            definite.append([c.NO_DEFINITE_THRESHOLD if decision.definite_threshold is None else decision.definite_threshold])
         # One [N, K, 5] tensor: images with fewer boxes are padded with rows of confidence -1.
         k = max(1, max(len(b) for b in boxes))
-        padded = np.full((len(boxes), k, 5), -1.0, dtype=np.float32)
+        padded = np.full((len(boxes), k, c.BOX_COLUMNS), c.BOX_PADDING, dtype=np.float32)
         for b, rows in enumerate(boxes):
             padded[b, : len(rows)] = rows
         return pb_utils.InferenceResponse(
-            [
-                pb_utils.Tensor("FRACTURE", np.asarray(fracture, dtype=bool)),
-                pb_utils.Tensor("THRESHOLD", np.asarray(threshold, dtype=np.float32)),
-                pb_utils.Tensor("FALLBACK", np.asarray(fallback, dtype=bool)),
-                pb_utils.Tensor("BOXES", padded),
+            [pb_utils.Tensor(name, value) for name, value in passed.items()]
+            + [
+                pb_utils.Tensor(c.FRACTURE, np.asarray(fracture, dtype=bool)),
+                pb_utils.Tensor(c.THRESHOLD, np.asarray(threshold, dtype=np.float32)),
+                pb_utils.Tensor(c.FALLBACK, np.asarray(fallback, dtype=bool)),
+                pb_utils.Tensor(c.BOXES, padded),
+                pb_utils.Tensor(c.LEVEL, np.array(level, dtype=np.object_)),
+                pb_utils.Tensor(c.DEFINITE_THRESHOLD, np.asarray(definite, dtype=np.float32)),
             ]
         )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
+from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from fracscan.demo.synthetic import make_case, png_bytes
 from fracscan.server import DEMO_REPOSITORY, EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,21 +36,15 @@ def reference(repository):
     return ReferenceRunner(repository)
 
 
+@cache
 def synthetic_png(seed: int = 0, shape=(420, 300)) -> bytes:
-    """A small radiograph-like PNG: a bright 'bone' in soft tissue on a dark background."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    img = rng.normal(200, 60, shape).clip(0)
-    y0, x0 = rng.integers(10, 60, 2)
-    img[y0 : h - y0, x0 : w - x0] += 15000
-    cx = rng.integers(w // 3, 2 * w // 3)
-    img[y0 : h - y0, cx - 25 : cx + 25] += 25000
-    if seed % 2:
-        img[h // 2 - 2 : h // 2 + 2, cx - 25 : cx + 25] -= 20000  # a lucent line
-    buf = io.BytesIO()
-    Image.fromarray(img.clip(0, 65535).astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue()
+    """A small 16-bit PNG radiograph from the demo generator; odd seeds are fractured."""
+    return png_bytes(make_case(seed, fracture=bool(seed % 2), shape=tuple(shape)))
 
 
 def example_files() -> list[Path]:
-    return sorted(p for p in EXAMPLES.iterdir() if p.is_file() and p.suffix not in (".csv", ".md", ".txt")) if EXAMPLES.is_dir() else []
+    return (
+        sorted(p for p in EXAMPLES.iterdir() if p.is_file() and p.suffix not in (".csv", ".md", ".txt"))
+        if EXAMPLES.is_dir()
+        else []
+    )

@@ -155,6 +155,33 @@ def test_health_and_help(server):
     assert "--resume" in run("predict", "--help").stdout
 
 
+def test_missing_repository_names_the_path_and_the_option(tmp_path, free_url):
+    missing = tmp_path / "no[such]repo"  # brackets too: the path must be printed as written
+    png = tmp_path / "a.png"
+    png.write_bytes(synthetic_png(1))
+    for result in (
+        run("serve", "--repository", str(missing), timeout=60),
+        run("predict", str(png), "--url", free_url, "--embedded", "--repository", str(missing), timeout=60),
+    ):
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"error: no model repository at {missing}; pass --repository DIR" in result.stderr
+
+
+def test_checkpoint_mismatch_error_keeps_its_bracketed_key_lists(tmp_path):
+    """Rich markup must not eat `[module, ...]` lists: every message goes through the console's escaping."""
+    torch = pytest.importorskip("torch")
+    from fracscan.spec import builtin_spec_path
+
+    head = builtin_spec_path("demo").read_text().split("[[members]]")[0]
+    member = '[[members]]\nname = "m"\narch = "drn_d_22"\nwidth = 0.125\ninput = "plain"\ncheckpoint = "m.pt"\n'
+    (tmp_path / "spec.toml").write_text(head + member)
+    torch.save({"stray.weight": torch.zeros(1)}, tmp_path / "m.pt")
+    result = run("export", "--spec", str(tmp_path / "spec.toml"), "-o", str(tmp_path / "repo"), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "checkpoint does not match" in result.stderr
+    assert "missing keys in [backbone." in result.stderr and "1 unexpected keys in [stray]" in result.stderr
+
+
 @pytest.fixture
 def free_url() -> str:
     from fracscan.server import free_port

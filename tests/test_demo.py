@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES, example_files
+
 from fracscan.pipeline import EnsembleRepository, ReferenceRunner
 
 
 def test_shortened_demo_build_end_to_end(tmp_path):
-    from fracscan.export.demo import build_demo
+    from fracscan.demo.build import build_demo
     from fracscan.spec import builtin_spec_path
 
     report = build_demo(
-        builtin_spec_path("demo"), tmp_path / "repo", tmp_path / "report", tmp_path / "examples",
-        n_train=64, n_tune=48, n_test=32, epochs=1, members=2, save_weights=tmp_path / "weights.pt",
+        builtin_spec_path("demo"),
+        tmp_path / "repo",
+        tmp_path / "report",
+        tmp_path / "examples",
+        n_train=64,
+        n_tune=48,
+        n_test=32,
+        epochs=1,
+        members=2,
+        save_weights=tmp_path / "weights.pt",
     )
     repo = EnsembleRepository.open(tmp_path / "repo")
     assert len(repo.spec.members) == 2 and repo.thresholds.provenance["target_sensitivity"] == 0.925
@@ -26,7 +36,7 @@ def test_shortened_demo_build_end_to_end(tmp_path):
     assert report["test"]["overall"]["n"] == 32
     assert [m["trained_on"] for m in report["members"]] == ["cpu", "cpu"] and report["weights_from"] is None
     assert (tmp_path / "report" / "roc_test.png").stat().st_size > 10_000
-    labels = list(csv.DictReader(open(tmp_path / "examples" / "labels.csv")))
+    labels = list(csv.DictReader((tmp_path / "examples" / "labels.csv").read_text().splitlines()))
     assert len(labels) >= 12 and {r["fracture"] for r in labels} == {"0", "1"}
     result = ReferenceRunner(tmp_path / "repo").predict((tmp_path / "examples" / labels[0]["source"]).read_bytes())
     assert 0 <= result.score <= 1 and len(result.member_scores) == 2
@@ -34,24 +44,42 @@ def test_shortened_demo_build_end_to_end(tmp_path):
     # Finishing from the saved weights (how a GPU-trained build is finished on another machine)
     # gives the same thresholds and test predictions as the build that trained them.
     again = build_demo(
-        builtin_spec_path("demo"), tmp_path / "repo2", tmp_path / "report2", None,
-        n_train=64, n_tune=48, n_test=32, epochs=1, members=2, from_weights=tmp_path / "weights.pt",
+        builtin_spec_path("demo"),
+        tmp_path / "repo2",
+        tmp_path / "report2",
+        None,
+        n_train=64,
+        n_tune=48,
+        n_test=32,
+        epochs=1,
+        members=2,
+        from_weights=tmp_path / "weights.pt",
     )
     assert again["test"] == report["test"] and again["weights_from"] == "weights.pt"
     first, second = (json.loads((tmp_path / r / "thresholds.json").read_text()) for r in ("repo", "repo2"))
     first["provenance"].pop("date"), second["provenance"].pop("date")
     assert first == second
-    assert (tmp_path / "report2" / "test_predictions.jsonl").read_text() == (tmp_path / "report" / "test_predictions.jsonl").read_text()
+    assert (tmp_path / "report2" / "test_predictions.jsonl").read_text() == (
+        tmp_path / "report" / "test_predictions.jsonl"
+    ).read_text()
     with pytest.raises(SystemExit, match=r"weights.pt: no weights for drn_d_38_both_map"):
         build_demo(
-            builtin_spec_path("demo"), tmp_path / "repo3", tmp_path / "report3", None,
-            n_train=64, n_tune=8, n_test=8, epochs=1, members=3, from_weights=tmp_path / "weights.pt",
+            builtin_spec_path("demo"),
+            tmp_path / "repo3",
+            tmp_path / "report3",
+            None,
+            n_train=64,
+            n_tune=8,
+            n_test=8,
+            epochs=1,
+            members=3,
+            from_weights=tmp_path / "weights.pt",
         )
 
 
 def test_sampling_is_balanced_over_region_and_label_with_the_hard_regions_weighted_up():
-    from fracscan import synthetic
-    from fracscan.export.demo import HARD_REGIONS, sampling_weights
+    from fracscan.demo import synthetic
+    from fracscan.demo.build import HARD_REGIONS, sampling_weights
 
     regions = list(synthetic.REGIONS)
     ankle, ribs = 2 * regions.index("ankle"), 2 * regions.index("ribs")
@@ -65,7 +93,7 @@ def test_sampling_is_balanced_over_region_and_label_with_the_hard_regions_weight
 
 
 def test_map_target_is_the_box_coverage_of_each_cell():
-    from fracscan.export.demo import coverage_target
+    from fracscan.demo.build import coverage_target
 
     target = coverage_target((44.0, 40.0, 52.0, 44.0), 128)  # x 44..52 straddles cells 5|6; y 40..44 is half of row 5
     assert target.shape == (16, 16) and target.max() == 1.0
@@ -75,7 +103,7 @@ def test_map_target_is_the_box_coverage_of_each_cell():
 
 
 def test_every_member_trains_with_a_map_head_and_score_only_members_drop_it():
-    from fracscan.export.demo import make_split, train_member
+    from fracscan.demo.build import make_split, train_member
     from fracscan.spec import builtin_spec_path, load_spec
 
     spec = load_spec(builtin_spec_path("demo"))
@@ -88,8 +116,38 @@ def test_every_member_trains_with_a_map_head_and_score_only_members_drop_it():
     assert model.map_head is None and set(model(split.pixels[:2].float())) == {"score"} and len(history) == 1
 
 
+def test_the_core_the_client_and_the_cli_import_nothing_of_the_demo():
+    """The demo wing is a leaf: finding its spec imports its empty package and nothing else of it."""
+    code = (
+        "import sys, fracscan.pipeline, fracscan.server, fracscan.client, fracscan.cli.app\n"
+        "from fracscan.spec import builtin_spec_path\n"
+        "assert builtin_spec_path('demo').is_file()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fracscan.demo')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['fracscan.demo']"]
+
+
+def test_parity_inputs_are_demo_radiographs_through_the_core_preprocessing():
+    from fracscan.demo.inputs import synthetic_radiographs
+    from fracscan.preprocess import local_contrast_normalize
+    from fracscan.spec import PreprocessSpec
+
+    x = synthetic_radiographs(3, 64, seed=5)
+    assert x.shape == (3, 2, 64, 64) and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(x, synthetic_radiographs(3, 64, seed=5))
+    assert not np.array_equal(x, synthetic_radiographs(3, 64, seed=6))
+    x[0] = 0  # callers get a copy: the cached frames stay intact
+    assert not np.array_equal(x, synthetic_radiographs(3, 64, seed=5))
+    # one LCN: channel 1 is the core's LCN of channel 0, at the shipped specs' sigma of S / 64
+    for plain, lcn in synthetic_radiographs(2, 128, seed=0):
+        assert plain.std() > 0.1 and np.abs(lcn).max() > 0.5
+        np.testing.assert_array_equal(lcn, local_contrast_normalize(plain, PreprocessSpec(size=128, lcn_sigma=2.0)))
+
+
 def test_committed_examples_are_labelled_and_scored(repository):
-    labels = {r["source"]: r for r in csv.DictReader(open(EXAMPLES / "labels.csv"))}
+    labels = {r["source"]: r for r in csv.DictReader((EXAMPLES / "labels.csv").read_text().splitlines())}
     files = example_files()
     assert len(files) >= 12 and {p.name for p in files} <= set(labels)
     runner = ReferenceRunner(repository)

@@ -52,6 +52,7 @@ from fracscan.export.tensorrt import (  # noqa: E402
     trtexec_command,
     write_sidecar,
 )
+from fracscan.export.tensorrt.__main__ import main as tensorrt_main  # noqa: E402
 from fracscan.spec import parse_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +101,14 @@ def _export(path: Path, with_map: bool) -> Path:
     torch.manual_seed(0)
     names = ["score", "map"] if with_map else ["score"]
     torch.onnx.export(
-        _ScoreNet(with_map).eval(), (torch.zeros(2, 2, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-        input_names=["image"], output_names=names, dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
+        _ScoreNet(with_map).eval(),
+        (torch.zeros(2, 2, SIZE, SIZE),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=names,
+        dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
     )
     return path
 
@@ -125,8 +132,9 @@ def spec(workdir):
 
 
 def _repo(spec, workdir: Path, out: Path, target: str, **options) -> Path:
-    return write_repository(spec, out, target, [workdir / "score.onnx", workdir / "score_map.onnx"],
-                            options=RepositoryOptions(**options))
+    return write_repository(
+        spec, out, target, [workdir / "score.onnx", workdir / "score_map.onnx"], options=RepositoryOptions(**options)
+    )
 
 
 def _parse(path: Path) -> model_config_pb2.ModelConfig:
@@ -146,10 +154,17 @@ def test_tensorrt_member_configs_parse_and_carry_trt_fields(spec, workdir, tmp_p
         assert cfg.max_batch_size == 8
         assert cfg.default_model_filename == "model.plan"
         assert dict(cfg.cc_model_filenames) == {
-            "7.5": "model.sm75.plan", "8.0": "model.sm80.plan", "8.6": "model.sm86.plan", "8.9": "model.sm89.plan",
-            "9.0": "model.sm90.plan", "10.0": "model.sm100.plan", "12.0": "model.sm120.plan"}
+            "7.5": "model.sm75.plan",
+            "8.0": "model.sm80.plan",
+            "8.6": "model.sm86.plan",
+            "8.9": "model.sm89.plan",
+            "9.0": "model.sm90.plan",
+            "10.0": "model.sm100.plan",
+            "12.0": "model.sm120.plan",
+        }
         assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
-            ("image", [2, SIZE, SIZE], model_config_pb2.TYPE_FP32)]
+            ("image", [2, SIZE, SIZE], model_config_pb2.TYPE_FP32)
+        ]
         outputs = {o.name: list(o.dims) for o in cfg.output}
         assert outputs == ({"score": [1]} if index == 0 else {"score": [1], "map": [1, SIZE // 8, SIZE // 8]})
         # warmup: a zero-data `image` sample at batch 1 and at max_batch_size
@@ -169,8 +184,9 @@ def test_tensorrt_member_configs_parse_and_carry_trt_fields(spec, workdir, tmp_p
 
 
 def test_tensorrt_warmup_and_graph_options(spec, workdir, tmp_path):
-    repo = _repo(spec, workdir, tmp_path / "r", "tensorrt", warmup="random", max_batch_size=4,
-                 trt_compute_capabilities=("8.9",))
+    repo = _repo(
+        spec, workdir, tmp_path / "r", "tensorrt", warmup="random", max_batch_size=4, trt_compute_capabilities=("8.9",)
+    )
     cfg = _parse(repo / "member_00" / "config.pbtxt")
     assert [w.batch_size for w in cfg.model_warmup] == [1, 4]
     assert all(w.inputs["image"].WhichOneof("input_data_type") == "random_data" for w in cfg.model_warmup)
@@ -213,18 +229,34 @@ def test_engine_names():
         BatchProfile(4, 2, 8)
     with pytest.raises(ValueError):
         BuildOptions("int8")
-    assert parse_libnvinfer_version(["libnvinfer.so.10", "libnvinfer.so.10.8.0", "libnvinfer_plugin.so.10.8.0"]) == "10.8.0"
+    assert (
+        parse_libnvinfer_version(["libnvinfer.so.10", "libnvinfer.so.10.8.0", "libnvinfer_plugin.so.10.8.0"])
+        == "10.8.0"
+    )
     assert parse_libnvinfer_version(["libcudart.so.12"]) is None
 
 
 def test_trtexec_commands():
     options = BuildOptions("fp16", BatchProfile(1, 4, 8), workspace_mib=2048)
-    cmd = trtexec_command("trtexec", Path("m/1/model.onnx"), Path("m/1/model.sm90.plan"), options, (2, 1024, 1024),
-                          timing_cache=Path("/cache/timing.cache"))
+    cmd = trtexec_command(
+        "trtexec",
+        Path("m/1/model.onnx"),
+        Path("m/1/model.sm90.plan"),
+        options,
+        (2, 1024, 1024),
+        timing_cache=Path("/cache/timing.cache"),
+    )
     assert cmd == [
-        "trtexec", "--onnx=m/1/model.onnx", "--saveEngine=m/1/model.sm90.plan",
-        "--minShapes=image:1x2x1024x1024", "--optShapes=image:4x2x1024x1024", "--maxShapes=image:8x2x1024x1024",
-        "--memPoolSize=workspace:2048M", "--fp16", "--timingCacheFile=/cache/timing.cache", "--skipInference",
+        "trtexec",
+        "--onnx=m/1/model.onnx",
+        "--saveEngine=m/1/model.sm90.plan",
+        "--minShapes=image:1x2x1024x1024",
+        "--optShapes=image:4x2x1024x1024",
+        "--maxShapes=image:8x2x1024x1024",
+        "--memPoolSize=workspace:2048M",
+        "--fp16",
+        "--timingCacheFile=/cache/timing.cache",
+        "--skipInference",
     ]
     bf16 = trtexec_command("trtexec", Path("a.onnx"), Path("a.plan"), BuildOptions("bf16"), (2, 64, 64))
     assert "--bf16" in bf16 and "--fp16" not in bf16 and not any(c.startswith("--timingCacheFile") for c in bf16)
@@ -279,12 +311,18 @@ def test_skip_exactly_when_sidecar_matches(trt_repo):
     assert json.loads(sidecar_path(plan).read_text())["plan_sha256"] == sha256_file(plan)
 
     other = BuildOptions("fp32")
-    ok, why = engine_status(plan, cache_key(onnx_sha, H100, other, "image", member.input_dims),
-                            key_inputs(onnx_sha, H100, other, "image", member.input_dims))
+    ok, why = engine_status(
+        plan,
+        cache_key(onnx_sha, H100, other, "image", member.input_dims),
+        key_inputs(onnx_sha, H100, other, "image", member.input_dims),
+    )
     assert not ok and why == "stale: precision fp16 -> fp32"
     l4 = BuildEnvironment("10.8.0.43", "NVIDIA L4", "9.0")
-    ok, why = engine_status(plan, cache_key(onnx_sha, l4, options, "image", member.input_dims),
-                            key_inputs(onnx_sha, l4, options, "image", member.input_dims))
+    ok, why = engine_status(
+        plan,
+        cache_key(onnx_sha, l4, options, "image", member.input_dims),
+        key_inputs(onnx_sha, l4, options, "image", member.input_dims),
+    )
     assert not ok and "gpu NVIDIA H100 80GB HBM3 -> NVIDIA L4" in why
 
     plan.write_bytes(b"engine-bytes, truncated or replaced")
@@ -341,7 +379,9 @@ class FakeBuilder:
         self.calls.append(member.name)
         if member.name in self.fail:
             raise RuntimeError("parser says no")
-        out.write_bytes(f"{member.name}|{options.precision}|{options.profile}".encode() + member.onnx_path.read_bytes()[:64])
+        out.write_bytes(
+            f"{member.name}|{options.precision}|{options.profile}".encode() + member.onnx_path.read_bytes()[:64]
+        )
         if timing_cache is not None:
             timing_cache.write_bytes(b"timing")
 
@@ -375,15 +415,18 @@ def test_build_driver_builds_skips_and_restores(trt_repo, tmp_path):
     assert engine_status(trt_repo / "member_01" / "1" / "model.sm87.plan", steps[1].key)[0]
 
     fp32 = lambda member: BuildOptions("fp32")  # noqa: E731
-    steps = build_repository_engines(trt_repo, orin, builder, fp32, cache, verify=False, only=["member_00"],
-                                     log=lines.append)
+    steps = build_repository_engines(
+        trt_repo, orin, builder, fp32, cache, verify=False, only=["member_00"], log=lines.append
+    )
     assert [s.action for s in steps] == ["build"] and builder.calls == ["member_00"]
 
 
 def test_build_driver_reports_every_failure(trt_repo):
     builder = FakeBuilder(fail={"member_00"})
     with pytest.raises(EngineBuildError, match=r"1 of 2 engine\(s\) failed:\nmember_00: fake failed: RuntimeError"):
-        build_repository_engines(trt_repo, H100, builder, lambda m: BuildOptions(), None, verify=False, log=lambda s: None)
+        build_repository_engines(
+            trt_repo, H100, builder, lambda m: BuildOptions(), None, verify=False, log=lambda s: None
+        )
     assert builder.calls == ["member_00", "member_01"]  # the other member was still built
     assert (trt_repo / "member_01" / "1" / "model.sm90.plan").is_file()
     assert not list((trt_repo / "member_00" / "1").glob("*.plan*"))  # nothing half-written
@@ -398,23 +441,52 @@ def test_ensure_cc_mapping_is_idempotent(trt_repo):
 
 
 def test_cli_plan_check_and_build_without_tensorrt(trt_repo, capsys):
-    rc = trt_mod.main(["plan", "--repository", str(trt_repo), "--trt-version", "10.8.0.43", "--gpu-name", "NVIDIA L4",
-                       "--compute-capability", "8.9", "--cache-dir", "/var/cache/fracscan/engines"])
+    rc = tensorrt_main(
+        [
+            "plan",
+            "--repository",
+            str(trt_repo),
+            "--trt-version",
+            "10.8.0.43",
+            "--gpu-name",
+            "NVIDIA L4",
+            "--compute-capability",
+            "8.9",
+            "--cache-dir",
+            "/var/cache/fracscan/engines",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "member_00: build (no engine)" in out and "member_01: build (no engine)" in out
     assert f"--saveEngine={trt_repo}/member_00/1/model.sm89.plan" in out
     assert "--timingCacheFile=/var/cache/fracscan/engines/timing-trt10.8.0-sm89.cache" in out
 
-    assert trt_mod.main(["check", "--repository", str(trt_repo)]) == 0
+    assert tensorrt_main(["check", "--repository", str(trt_repo)]) == 0
     assert capsys.readouterr().out.count(" - OK") == 2
 
-    assert trt_mod.main(["plan", "--repository", str(trt_repo), "--trt-version", "10.8.0.43", "--gpu-name", "x",
-                         "--compute-capability", "8.9", "--max-batch", "4"]) == 1
+    assert (
+        tensorrt_main(
+            [
+                "plan",
+                "--repository",
+                str(trt_repo),
+                "--trt-version",
+                "10.8.0.43",
+                "--gpu-name",
+                "x",
+                "--compute-capability",
+                "8.9",
+                "--max-batch",
+                "4",
+            ]
+        )
+        == 1
+    )
     assert "max_batch_size 8" in capsys.readouterr().err
 
     if trt_mod.find_trtexec() is None and not _importable("tensorrt"):
-        assert trt_mod.main(["build", "--repository", str(trt_repo)]) == 2
+        assert tensorrt_main(["build", "--repository", str(trt_repo)]) == 2
         assert "no TensorRT builder here" in capsys.readouterr().err
 
 
@@ -441,17 +513,22 @@ def test_onnx_check_passes_torch_exported_conv_nets(workdir):
 
 
 def _graph(path: Path, nodes, inputs, outputs, opset: int = 17, domains=()) -> Path:
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", opset), *[helper.make_opsetid(d, 1) for d in domains]])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs),
+        opset_imports=[helper.make_opsetid("", opset), *[helper.make_opsetid(d, 1) for d in domains]],
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
 
 
 def test_onnx_check_flags_unsupported_op(tmp_path):
-    det = _graph(tmp_path / "det.onnx", [helper.make_node("Det", ["image"], ["score"])],
-                 [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 3])],
-                 [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])])
+    det = _graph(
+        tmp_path / "det.onnx",
+        [helper.make_node("Det", ["image"], ["score"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 3])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+    )
     report = check_onnx_for_tensorrt(det)
     assert not report.ok and report.unsupported_ops == ["Det"]
     assert any("Det" in e and "not supported by TensorRT" in e for e in report.errors)
@@ -460,31 +537,46 @@ def test_onnx_check_flags_unsupported_op(tmp_path):
         report.raise_for_errors()
 
     # an op missing from both lists is flagged too
-    hardswish = _graph(tmp_path / "hs.onnx", [helper.make_node("HardSwish", ["image"], ["score"])],
-                       [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
-                       [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])], opset=14)
+    hardswish = _graph(
+        tmp_path / "hs.onnx",
+        [helper.make_node("HardSwish", ["image"], ["score"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])],
+        opset=14,
+    )
     report = check_onnx_for_tensorrt(hardswish)
     assert report.unsupported_ops == ["HardSwish"] and "verify with trtexec" in report.errors[0]
 
 
 def test_onnx_check_flags_dynamic_dims_opset_and_custom_domains(tmp_path):
-    dyn = _graph(tmp_path / "dyn.onnx", [helper.make_node("Relu", ["image"], ["score"])],
-                 [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 2, "height", 64])],
-                 [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 2, "height", 64])])
+    dyn = _graph(
+        tmp_path / "dyn.onnx",
+        [helper.make_node("Relu", ["image"], ["score"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 2, "height", 64])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 2, "height", 64])],
+    )
     errors = check_onnx_for_tensorrt(dyn).errors
     assert any("input 'image' has dynamic non-batch dims at axes [2]" in e for e in errors)
     assert any("output 'score' has dynamic non-batch dims" in e for e in errors)
     wrong = check_onnx_for_tensorrt(dyn, expected_inputs={"image": [2, SIZE, SIZE]}).errors
     assert any("expected [2, 64, 64]" in e for e in wrong)
 
-    old = _graph(tmp_path / "old.onnx", [helper.make_node("Relu", ["image"], ["score"])],
-                 [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
-                 [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])], opset=7)
+    old = _graph(
+        tmp_path / "old.onnx",
+        [helper.make_node("Relu", ["image"], ["score"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])],
+        opset=7,
+    )
     assert any("opset 7 < 9" in e for e in check_onnx_for_tensorrt(old).errors)
 
-    custom = _graph(tmp_path / "custom.onnx", [helper.make_node("FusedGelu", ["image"], ["score"], domain="com.example")],
-                    [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
-                    [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])], domains=["com.example"])
+    custom = _graph(
+        tmp_path / "custom.onnx",
+        [helper.make_node("FusedGelu", ["image"], ["score"], domain="com.example")],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])],
+        domains=["com.example"],
+    )
     assert any("custom operator domains ['com.example']" in e for e in check_onnx_for_tensorrt(custom).errors)
 
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
@@ -500,9 +592,12 @@ def test_export_runs_the_onnx_check_for_tensorrt(workdir, tmp_path):
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
     shutil.copyfile(workdir / "score.onnx", bad_dir / "score.onnx")
-    _graph(bad_dir / "score_map.onnx", [helper.make_node("Det", ["image"], ["score"])],
-           [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 3])],
-           [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])])
+    _graph(
+        bad_dir / "score_map.onnx",
+        [helper.make_node("Det", ["image"], ["score"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 3])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+    )
     (bad_dir / "spec.toml").write_text(SPEC_TOML)
     bad = parse_spec(tomllib.loads(SPEC_TOML), bad_dir / "spec.toml")
     with pytest.raises(ValueError, match="operator Det"):
@@ -523,8 +618,12 @@ def _tool(name: str) -> str:
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
 def test_dockerfiles_pass_hadolint(dockerfile):
-    proc = subprocess.run([_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKER / dockerfile)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKER / dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
@@ -541,11 +640,17 @@ def test_dockerfiles_pin_the_base_image_and_tensorrt():
 
 def test_k8s_manifests_validate():
     files = sorted(str(p) for p in (DOCKER / "k8s").glob("*.yaml"))
-    proc = subprocess.run([_tool("kubernetes-validate"), "--strict", *files], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", *files], capture_output=True, text=True, timeout=120
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "ERROR" not in out, out
-    for kind in ("deployment/fracscan-triton", "service/fracscan-triton", "horizontalpodautoscaler/fracscan-triton",
-                 "configmap/fracscan-prometheus-adapter-rules"):
+    for kind in (
+        "deployment/fracscan-triton",
+        "service/fracscan-triton",
+        "horizontalpodautoscaler/fracscan-triton",
+        "configmap/fracscan-prometheus-adapter-rules",
+    ):
         assert f"passed for resource {kind}" in out, out
     # kustomization.yaml has no schema (a warning); check it by hand
     kustomization = yaml.safe_load((DOCKER / "k8s" / "kustomization.yaml").read_text())
@@ -573,8 +678,9 @@ def test_k8s_manifests_content():
     assert hpa["apiVersion"] == "autoscaling/v2"
     metric = hpa["spec"]["metrics"][0]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "fracscan_queue_time_ms"
-    rules = yaml.safe_load(yaml.safe_load((DOCKER / "k8s" / "prometheus-adapter-rules.yaml").read_text())
-                           ["data"]["config.yaml"])["rules"]
+    rules = yaml.safe_load(
+        yaml.safe_load((DOCKER / "k8s" / "prometheus-adapter-rules.yaml").read_text())["data"]["config.yaml"]
+    )["rules"]
     assert rules[0]["name"]["as"] == "fracscan_queue_time_ms"
     assert "nv_inference_queue_duration_us" in rules[0]["metricsQuery"]
     assert "nv_inference_request_success" in rules[0]["metricsQuery"]
@@ -606,36 +712,74 @@ def _fake_bin(tmp_path: Path, python_exit: int | None) -> Path:
         (bin_dir / "python3").write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
     else:
         (bin_dir / "python3").write_text(
-            f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$FAKE_LOG/python3.args"\nexit {python_exit}\n')
+            f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$FAKE_LOG/python3.args"\nexit {python_exit}\n'
+        )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
 
 
 def _entrypoint(tmp_path: Path, bin_dir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    full = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(tmp_path), **env}
-    return subprocess.run(["bash", str(DOCKER / "entrypoint.sh"), *args], env=full, capture_output=True, text=True,
-                          timeout=120)
+    full = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(tmp_path),
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(DOCKER / "entrypoint.sh"), *args], env=full, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_entrypoint_execs_tritonserver_with_explicit_settings(trt_repo, tmp_path):
     bin_dir = _fake_bin(tmp_path, python_exit=0)
-    proc = _entrypoint(tmp_path, bin_dir, {"FRACSCAN_MODEL_REPOSITORY": str(trt_repo), "FRACSCAN_SKIP_ENGINE_BUILD": "1"},
-                       "--log-verbose=1")
+    proc = _entrypoint(
+        tmp_path,
+        bin_dir,
+        {"FRACSCAN_MODEL_REPOSITORY": str(trt_repo), "FRACSCAN_SKIP_ENGINE_BUILD": "1"},
+        "--log-verbose=1",
+    )
     assert proc.returncode == 0, proc.stderr
     args = (tmp_path / "tritonserver.args").read_text().split()
-    assert args == [f"--model-repository={trt_repo}", "--model-control-mode=none", "--strict-readiness=true",
-                    "--exit-on-error=true", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
-                    "--allow-metrics=true", "--backend-config=python,shm-default-byte-size=67108864",
-                    "--backend-config=python,shm-growth-byte-size=67108864", "--log-verbose=1"]
+    assert args == [
+        f"--model-repository={trt_repo}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--http-port=8000",
+        "--grpc-port=8001",
+        "--metrics-port=8002",
+        "--allow-metrics=true",
+        "--backend-config=python,shm-default-byte-size=67108864",
+        "--backend-config=python,shm-growth-byte-size=67108864",
+        "--log-verbose=1",
+    ]
     assert not (tmp_path / "python3.args").exists()  # skipped on request
 
-    proc = _entrypoint(tmp_path, bin_dir, {"FRACSCAN_MODEL_REPOSITORY": str(trt_repo), "FRACSCAN_ENGINE_CACHE": "/c",
-                                           "FRACSCAN_PRECISION": "fp32", "FRACSCAN_BUILD_ARGS": "--max-batch 16"})
+    proc = _entrypoint(
+        tmp_path,
+        bin_dir,
+        {
+            "FRACSCAN_MODEL_REPOSITORY": str(trt_repo),
+            "FRACSCAN_ENGINE_CACHE": "/c",
+            "FRACSCAN_PRECISION": "fp32",
+            "FRACSCAN_BUILD_ARGS": "--max-batch 16",
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "python3.args").read_text().split() == [
-        "-m", "fracscan.export.tensorrt", "build", "--repository", str(trt_repo), "--cache-dir", "/c",
-        "--precision", "fp32", "--max-batch", "16"]
+        "-m",
+        "fracscan.export.tensorrt",
+        "build",
+        "--repository",
+        str(trt_repo),
+        "--cache-dir",
+        "/c",
+        "--precision",
+        "fp32",
+        "--max-batch",
+        "16",
+    ]
 
     proc = _entrypoint(tmp_path, bin_dir, {"FRACSCAN_MODEL_REPOSITORY": str(tmp_path / "nowhere")})
     assert proc.returncode == 2 and "not a fracscan repository" in proc.stderr
@@ -645,8 +789,11 @@ def test_entrypoint_fails_clearly_without_tensorrt(trt_repo, tmp_path):
     if trt_mod.find_trtexec() is not None or _importable("tensorrt"):
         pytest.skip("a TensorRT builder is installed here")
     bin_dir = _fake_bin(tmp_path, python_exit=None)
-    proc = _entrypoint(tmp_path, bin_dir, {"FRACSCAN_MODEL_REPOSITORY": str(trt_repo),
-                                           "FRACSCAN_ENGINE_CACHE": str(tmp_path / "cache")})
+    proc = _entrypoint(
+        tmp_path,
+        bin_dir,
+        {"FRACSCAN_MODEL_REPOSITORY": str(trt_repo), "FRACSCAN_ENGINE_CACHE": str(tmp_path / "cache")},
+    )
     assert proc.returncode == 2
     assert "no TensorRT builder here" in proc.stderr
     assert not (tmp_path / "tritonserver.args").exists()  # the server is not started without engines
@@ -671,17 +818,29 @@ def test_entrypoint_mirrors_a_read_only_repository(trt_repo):
         for p in [repo, *repo.rglob("*")]:
             p.chmod(0o555 if p.is_dir() else 0o444)
         mirror = log / "mirror"
-        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(log), "FAKE_LOG": str(log),
-               "FRACSCAN_MODEL_REPOSITORY": str(repo), "FRACSCAN_WRITABLE_REPOSITORY": str(mirror)}
+        env = {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "HOME": str(log),
+            "FAKE_LOG": str(log),
+            "FRACSCAN_MODEL_REPOSITORY": str(repo),
+            "FRACSCAN_WRITABLE_REPOSITORY": str(mirror),
+        }
         for _ in range(2):  # a second start replaces the first mirror
-            proc = subprocess.run([*as_nobody, "bash", str(DOCKER / "entrypoint.sh")], env=env, capture_output=True,
-                                  text=True, timeout=120)
+            proc = subprocess.run(
+                [*as_nobody, "bash", str(DOCKER / "entrypoint.sh")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert proc.returncode == 0, proc.stderr
         assert f"--model-repository={mirror}" in (log / "tritonserver.args").read_text().split()
         assert (log / "python3.args").read_text().split()[3:5] == ["--repository", str(mirror)]
         assert (mirror / "member_00" / "config.pbtxt").is_symlink()
         assert (mirror / "member_00" / "1" / "model.onnx").resolve() == repo / "member_00" / "1" / "model.onnx"
-        assert all(os.stat(d).st_mode & 0o200 for d in [mirror, *mirror.rglob("*")] if d.is_dir() and not d.is_symlink())
+        assert all(
+            os.stat(d).st_mode & 0o200 for d in [mirror, *mirror.rglob("*")] if d.is_dir() and not d.is_symlink()
+        )
     finally:
         for p in base.rglob("*"):
             if p.is_dir() and not p.is_symlink():

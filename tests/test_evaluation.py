@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,13 +14,17 @@ from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
 from fracscan import evaluation as ev
+from fracscan import provenance
+from fracscan.cli import calibrate as calibrate_module
 from fracscan.cli import evaluate as evaluate_module
-from fracscan.postprocess import Thresholds
+from fracscan.contract import CONFIG_FILE, ENSEMBLE_MODEL, PARAM_PROVENANCE
+from fracscan.export.repository import install_thresholds, parse_config
+from fracscan.postprocess import OperatingPoint, Thresholds
 
 # The two commands exactly as cli/app.py registers them (a test-local app keeps these tests
 # independent of the other commands' imports).
 app = typer.Typer(pretty_exceptions_enable=False)
-app.command("calibrate")(evaluate_module.calibrate)
+app.command("calibrate")(calibrate_module.calibrate)
 app.command("evaluate")(evaluate_module.evaluate)
 runner = CliRunner()
 
@@ -108,36 +113,45 @@ def test_calibrate_regions_fallback_and_warning():
         + [case("unknown", 1, 0.5)]
     )
     result = ev.calibrate(cases, 0.925, min_positives=10)
-    assert set(result.regions) == {"wrist", "hand"}
+    thresholds = result.thresholds
+    assert set(thresholds.regions) == {"wrist", "hand"}
     wrist_pos = np.linspace(0.95, 0.5, 20)
-    assert result.regions["wrist"]["threshold"] == np.sort(wrist_pos)[::-1][math.ceil(0.925 * 20) - 1]
-    assert result.regions["hand"]["threshold"] == 0.8
+    assert thresholds.regions["wrist"].threshold == np.sort(wrist_pos)[::-1][math.ceil(0.925 * 20) - 1]
+    assert thresholds.regions["hand"].threshold == 0.8
     pooled = [c.score for c in cases if c.label]
-    assert result.fallback["threshold"] == ev.sensitivity_threshold(pooled, 0.925)
+    assert thresholds.fallback.threshold == ev.sensitivity_threshold(pooled, 0.925)
     warning = next(w for w in result.warnings if "fallback threshold" in w)
     assert "ribs (0)" in warning and "clavicle (2)" in warning and "wrist" not in warning
-    assert result.provenance["counts"]["ribs"] == {"n": 6, "positives": 0}
-    assert result.provenance["fallback_regions"] == ["clavicle", "ribs", "unknown"]
-    assert result.regions["wrist"]["map_threshold"] == 0.5  # no box labels: kept
-    # The served model reads it: fallback for ribs / clavicle.
-    loaded = result.thresholds()
+    assert thresholds.provenance["counts"]["ribs"] == {"n": 6, "positives": 0}
+    assert thresholds.provenance["fallback_regions"] == ["clavicle", "ribs", "unknown"]
+    assert thresholds.regions["wrist"].map_threshold == 0.5  # no box labels: kept
+    # The served model reads it as written: fallback for ribs / clavicle.
+    loaded = Thresholds.from_json(json.loads(json.dumps(thresholds.to_json())))
+    assert loaded == thresholds
     assert loaded.for_region("ribs") == (loaded.fallback, True)
     assert loaded.for_region("hand")[0].threshold == 0.8
+    # What the thresholds achieve on the calibration set, per region.
+    fits = ev.fit_by_region(cases, thresholds)
+    assert fits["wrist"].sensitivity >= 0.925 and not fits["wrist"].fallback
+    assert fits["ribs"].fallback and fits["ribs"].sensitivity is None and fits["ribs"].specificity is not None
+    assert fits["unknown"].threshold == thresholds.fallback.threshold and fits["unknown"].n == 1
 
 
 def test_calibrate_definite_threshold():
     cases = [case("wrist", 1, s) for s in np.linspace(0.95, 0.5, 20)] + [
         case("wrist", 0, s) for s in np.linspace(0.7, 0.0, 40)
     ]
-    result = ev.calibrate(cases, 0.925, min_positives=10, definite_specificity=0.95)
-    point = result.regions["wrist"]
+    thresholds = ev.calibrate(cases, 0.925, min_positives=10, definite_specificity=0.95).thresholds
+    point = thresholds.regions["wrist"]
     neg = np.linspace(0.7, 0.0, 40)
-    assert point["definite_threshold"] == ev.specificity_threshold(neg, 0.95)
-    assert point["definite_threshold"] >= point["threshold"]
-    assert np.mean(neg < point["definite_threshold"]) >= 0.95
-    assert "definite_threshold" in result.fallback
-    # Extra key: Thresholds still loads it (and ignores it).
-    assert result.thresholds().regions["wrist"].threshold == point["threshold"]
+    assert point.definite_threshold == ev.specificity_threshold(neg, 0.95)
+    assert point.definite_threshold >= point.threshold
+    assert np.mean(neg < point.definite_threshold) >= 0.95
+    assert thresholds.fallback.definite_threshold is not None
+    # thresholds.json carries it as `definite_threshold`, and Thresholds reads it back.
+    raw = thresholds.to_json()
+    assert raw["regions"]["wrist"]["definite_threshold"] == point.definite_threshold
+    assert Thresholds.from_json(raw).regions["wrist"] == point
 
 
 def test_map_threshold_rule_and_calibration():
@@ -147,21 +161,23 @@ def test_map_threshold_rule_and_calibration():
     cases = []
     confidences = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
     for i, conf in enumerate(confidences):
-        cases.append(case("wrist", 1, 0.9, True, [near + [conf], far + [0.99]], [box], source=f"w{i}"))
-    cases.append(case("wrist", 1, 0.9, True, [far + [0.99]], [box], source="miss"))  # predicted box misses
+        cases.append(case("wrist", 1, 0.9, True, [[*near, conf], [*far, 0.99]], [box], source=f"w{i}"))
+    cases.append(case("wrist", 1, 0.9, True, [[*far, 0.99]], [box], source="miss"))  # predicted box misses
     cases.append(case("wrist", 1, 0.1, False, [], [box], source="neg"))  # predicted negative: left out
     hits = ev.box_hit_confidences(cases[0])
     assert hits.tolist() == [0.95]
     assert np.isnan(ev.box_hit_confidences(cases[10])).all()
     # 11 evaluable boxes, target 0.8 -> k = ceil(8.8) = 9 -> the 9th largest hit confidence.
     result = ev.calibrate(cases, 0.8, min_positives=5, box_labels=True)
-    assert result.regions["wrist"]["map_threshold"] == 0.55
-    assert result.provenance["map_threshold"]["boxes"]["wrist"] == {"boxes": 11, "hit": 10}
+    assert result.thresholds.regions["wrist"].map_threshold == 0.55
+    assert result.thresholds.provenance["map_threshold"]["boxes"]["wrist"] == {"boxes": 11, "hit": 10}
     assert any("predicted negative" in w for w in result.warnings)
     # Target out of reach: 11 boxes, only 10 hit, target 1.0 -> keep the current value.
-    current = Thresholds.from_json({"regions": {"wrist": {"threshold": 0.5, "map_threshold": 0.42}}, "fallback": {"threshold": 0.5}})
+    current = Thresholds.from_json(
+        {"regions": {"wrist": {"threshold": 0.5, "map_threshold": 0.42}}, "fallback": {"threshold": 0.5}}
+    )
     result = ev.calibrate(cases, 1.0, min_positives=5, box_labels=True, current=current)
-    assert result.regions["wrist"]["map_threshold"] == 0.42
+    assert result.thresholds.regions["wrist"].map_threshold == 0.42
     assert any("kept at 0.42" in w and "10 of 11" in w for w in result.warnings)
     assert ev.map_threshold_from_hits([], 0.9) is None
 
@@ -257,8 +273,22 @@ def test_match_by_file_name_and_report(tmp_path):
         "\n".join(
             json.dumps(r)
             for r in [
-                {"source": "scans/a/img1.dcm", "status": "ok", "score": 0.9, "fracture": True, "region": "wrist", "boxes": []},
-                {"source": "scans/b/img2.dcm", "status": "ok", "score": 0.1, "fracture": False, "region": "wrist", "boxes": []},
+                {
+                    "source": "scans/a/img1.dcm",
+                    "status": "ok",
+                    "score": 0.9,
+                    "fracture": True,
+                    "region": "wrist",
+                    "boxes": [],
+                },
+                {
+                    "source": "scans/b/img2.dcm",
+                    "status": "ok",
+                    "score": 0.1,
+                    "fracture": False,
+                    "region": "wrist",
+                    "boxes": [],
+                },
                 {"source": "scans/c/img3.dcm", "status": "error", "score": None, "error": "cannot decode"},
                 {"source": "x/dup.png", "status": "ok", "score": 0.5, "fracture": True, "region": "hand"},
                 {"source": "y/dup.png", "status": "ok", "score": 0.5, "fracture": True, "region": "hand"},
@@ -276,7 +306,7 @@ def test_match_by_file_name_and_report(tmp_path):
     assert matched.ambiguous == ["dup.png"]
     assert sorted(matched.unlabelled) == ["x/dup.png", "y/dup.png"]
     text = "\n".join(matched.report())
-    assert "file name" in text and "img9.dcm" in text and "status \"error\"" in text
+    assert "file name" in text and "img9.dcm" in text and 'status "error"' in text
 
 
 @pytest.mark.parametrize(
@@ -286,7 +316,10 @@ def test_match_by_file_name_and_report(tmp_path):
         ('{"source": "a", "status": "ok", "score": 0.5}\n\n[1, 2]\n', "line 3"),
         ('{"status": "ok", "score": 0.5}\n', "line 1: needs a non-empty string 'source'"),
         ('{"source": "a", "status": "ok", "score": "high"}\n', "line 1"),
-        ('{"source": "a", "status": "ok", "score": 0.5}\n{"source": "a", "status": "ok", "score": 0.5}\n', "already appeared on line 1"),
+        (
+            '{"source": "a", "status": "ok", "score": 0.5}\n{"source": "a", "status": "ok", "score": 0.5}\n',
+            "already appeared on line 1",
+        ),
     ],
 )
 def test_bad_predictions(tmp_path, content, message):
@@ -344,16 +377,34 @@ def write_dataset(tmp_path, *, paths=False, boxes=False, seed=0):
                 conf = float(rng.uniform(0.55, 0.95))
                 pred_boxes = [[100 + rng.uniform(-5, 5), 100, 200, 200, conf]]
             pred_rows.append(
-                {"source": f"/data/{region}/{name}" if paths else name, "status": "ok", "score": score,
-                 "fracture": score >= 0.5, "threshold": 0.5, "region": region, "boxes": pred_boxes,
-                 "model": "demo:1", "error": None}
+                {
+                    "source": f"/data/{region}/{name}" if paths else name,
+                    "status": "ok",
+                    "score": score,
+                    "fracture": score >= 0.5,
+                    "threshold": 0.5,
+                    "region": region,
+                    "boxes": pred_boxes,
+                    "model": "demo:1",
+                    "error": None,
+                }
             )
             row = f"{name},{int(label)},{region}"
             if boxes:
                 row += ",100,100,200,200" if label else ",,,,"
             label_rows.append(row)
-    pred_rows.append({"source": "broken.dcm", "status": "error", "score": None, "fracture": None, "threshold": None,
-                      "region": None, "boxes": [], "error": "cannot decode"})
+    pred_rows.append(
+        {
+            "source": "broken.dcm",
+            "status": "error",
+            "score": None,
+            "fracture": None,
+            "threshold": None,
+            "region": None,
+            "boxes": [],
+            "error": "cannot decode",
+        }
+    )
     label_rows.append("broken.dcm,1,wrist")
     label_rows.append("never_scored.dcm,0,wrist")
     preds = tmp_path / "predictions.jsonl"
@@ -381,29 +432,69 @@ def test_cli_calibrate_then_evaluate(tmp_path):
     assert prov["date"]
     Thresholds.load(out)  # the served model can read it
 
-    result = runner.invoke(app, ["evaluate", str(preds), str(labels), "--thresholds", str(out), "--format", "json", "--bootstrap", "200"])
+    result = runner.invoke(
+        app, ["evaluate", str(preds), str(labels), "--thresholds", str(out), "--format", "json", "--bootstrap", "200"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["operating_point"] == str(out)
     for region in ("wrist", "hand"):  # enough positives: the calibration target is met
         assert report["regions"][region]["sensitivity"] >= 0.925
     assert report["overall"]["n"] == sum(n for n, _ in REGIONS.values())
-    keys = {"n", "positives", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci",
-            "ppv", "ppv_ci", "npv", "npv_ci", "kappa"}
+    keys = {
+        "n",
+        "positives",
+        "auc",
+        "auc_ci",
+        "sensitivity",
+        "sensitivity_ci",
+        "specificity",
+        "specificity_ci",
+        "ppv",
+        "ppv_ci",
+        "npv",
+        "npv_ci",
+        "kappa",
+    }
     assert keys <= set(report["overall"]) and keys <= set(report["regions"]["ribs"])
     ribs = report["regions"]["ribs"]
-    assert ribs["positives"] == 0 and ribs["auc"] is None and ribs["sensitivity"] is None and ribs["specificity"] is not None
+    assert (
+        ribs["positives"] == 0
+        and ribs["auc"] is None
+        and ribs["sensitivity"] is None
+        and ribs["specificity"] is not None
+    )
     assert report["matching"]["excluded_errors"] == 1 and report["matching"]["labels_without_prediction"] == 1
 
 
-def test_cli_evaluate_table_plot_and_repository(tmp_path):
+def served_provenance(repo):
+    """The provenance the served ensemble config carries (what `health` and every client read)."""
+    config = parse_config((repo / ENSEMBLE_MODEL / CONFIG_FILE).read_text())
+    return provenance.Provenance.from_json(json.loads(config.parameters[PARAM_PROVENANCE].string_value))
+
+
+def test_cli_evaluate_table_plot_and_repository(tmp_path, repository):
     preds, labels = write_dataset(tmp_path, paths=True, boxes=True)
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    repo = tmp_path / "repo"  # the demo repository's files that installing thresholds reads and writes
+    shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("*.onnx", "*.plan"))
+    install_thresholds(repo, Thresholds({}, OperatingPoint(0.5), {"calibrated": False}))
+    assert not served_provenance(repo).calibrated
     out = tmp_path / "t.json"
     result = runner.invoke(
         app,
-        ["calibrate", str(preds), str(labels), "-o", str(out), "--repository", str(repo), "--definite-specificity", "0.95", "--min-positives", "5"],
+        [
+            "calibrate",
+            str(preds),
+            str(labels),
+            "-o",
+            str(out),
+            "--repository",
+            str(repo),
+            "--definite-specificity",
+            "0.95",
+            "--min-positives",
+            "5",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "by file name" in result.stderr
@@ -414,6 +505,16 @@ def test_cli_evaluate_table_plot_and_repository(tmp_path):
     assert raw["provenance"]["map_threshold"]["calibrated"] is True
     assert raw["regions"]["wrist"]["map_threshold"] > 0.5  # hit confidences lie in [0.55, 0.95]
     assert Thresholds.load(repo / "thresholds.json").regions["wrist"].threshold == raw["regions"]["wrist"]["threshold"]
+    # The repository's provenance follows the installed thresholds: file and served config.
+    assert provenance.read(repo).calibrated and served_provenance(repo).calibrated
+    # A folder that is no fracscan repository is refused before anything is written.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = runner.invoke(
+        app, ["calibrate", str(preds), str(labels), "-o", str(tmp_path / "x.json"), "--repository", str(plain)]
+    )
+    _assert_clean_exit_2(result, str(plain), "fracscan.toml")
+    assert not (tmp_path / "x.json").exists() and not any(plain.iterdir())
 
     png = tmp_path / "roc.png"
     result = runner.invoke(app, ["evaluate", str(preds), str(labels), "--plot", str(png), "--bootstrap", "100"])
@@ -462,14 +563,20 @@ def test_cli_errors(tmp_path, command):
 
 def test_cli_bad_options(tmp_path):
     preds, labels = write_dataset(tmp_path)
-    _assert_clean_exit_2(runner.invoke(app, ["calibrate", str(preds), str(labels), "--sensitivity", "1.5"]), "--sensitivity")
+    _assert_clean_exit_2(
+        runner.invoke(app, ["calibrate", str(preds), str(labels), "--sensitivity", "1.5"]), "--sensitivity"
+    )
     bad_thr = tmp_path / "thr.json"
     bad_thr.write_text("{}")
-    _assert_clean_exit_2(runner.invoke(app, ["evaluate", str(preds), str(labels), "--thresholds", str(bad_thr)]), str(bad_thr))
+    _assert_clean_exit_2(
+        runner.invoke(app, ["evaluate", str(preds), str(labels), "--thresholds", str(bad_thr)]), str(bad_thr)
+    )
+    result = runner.invoke(app, ["evaluate", str(preds), str(labels), "--format", "csv"])
+    _assert_clean_exit_2(result, "--format", "csv")
 
 
 def test_a_raised_map_threshold_whose_shrunken_boxes_miss_is_undone():
-    from fracscan.evaluation import Calibration, Case, recheck_map_thresholds
+    from fracscan.evaluation import Case, recheck_map_thresholds
 
     truth = np.array([[100.0, 100.0, 140.0, 130.0]])
     shrunk = np.array([[115.0, 110.0, 125.0, 118.0, 0.8]])  # IoU 0.07 with the labelled box
@@ -478,19 +585,28 @@ def test_a_raised_map_threshold_whose_shrunken_boxes_miss_is_undone():
     def cases(region, boxes):
         return [Case(f"{region}{i}", region, True, 0.9, True, b, truth) for i, b in enumerate(boxes)]
 
-    calibration = Calibration(
+    calibrated = Thresholds(
         regions={
-            "humerus": {"threshold": 0.9, "map_threshold": 0.73},  # raised: its boxes now miss
-            "femur": {"threshold": 0.9, "map_threshold": 0.6},  # raised: still hits 10 of 10
-            "ankle": {"threshold": 0.2, "map_threshold": 0.5},  # not raised: not checked
+            "humerus": OperatingPoint(0.9, 0.73),  # raised: its boxes now miss
+            "femur": OperatingPoint(0.9, 0.6),  # raised: still hits 10 of 10
+            "ankle": OperatingPoint(0.2, 0.5),  # not raised: not checked
         },
-        fallback={"threshold": 0.5, "map_threshold": 0.5},
+        fallback=OperatingPoint(0.5, 0.5),
         provenance={"map_threshold": {"calibrated": True}},
     )
-    checked = cases("humerus", [shrunk] * 8 + [close] * 2) + cases("femur", [close] * 10) + cases("ankle", [shrunk] * 10)
-    result = recheck_map_thresholds(calibration, checked, 0.925, previous=0.5)
-    assert calibration.regions["humerus"]["map_threshold"] == 0.5 and result["humerus"] == {
-        "map_threshold": 0.73, "boxes": 10, "hit": 2, "kept": False,
+    checked = (
+        cases("humerus", [shrunk] * 8 + [close] * 2) + cases("femur", [close] * 10) + cases("ankle", [shrunk] * 10)
+    )
+    thresholds = recheck_map_thresholds(calibrated, checked, 0.925, previous=0.5)
+    result = thresholds.provenance["map_threshold"]["checked_on_tuning_split"]
+    assert thresholds.regions["humerus"].map_threshold == 0.5 and result["humerus"] == {
+        "map_threshold": 0.73,
+        "boxes": 10,
+        "hit": 2,
+        "kept": False,
     }
-    assert calibration.regions["femur"]["map_threshold"] == 0.6 and result["femur"]["kept"]
-    assert "ankle" not in result and calibration.provenance["map_threshold"]["checked_on_tuning_split"] == result
+    assert thresholds.regions["femur"].map_threshold == 0.6 and result["femur"]["kept"]
+    assert "ankle" not in result and thresholds.provenance["map_threshold"]["calibrated"] is True
+    assert calibrated.regions["humerus"].map_threshold == 0.73 and calibrated.provenance == {
+        "map_threshold": {"calibrated": True}
+    }

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from fracscan.demo.inputs import synthetic_radiographs
 from fracscan.export.flops import main as flops_main
 from fracscan.export.flops import member_cost
 from fracscan.export.members import (
@@ -20,7 +21,7 @@ from fracscan.export.members import (
     load_member,
     scale_channels,
 )
-from fracscan.export.onnx_export import ParityError, check_parity, export_member, synthetic_radiographs
+from fracscan.export.onnx_export import ParityError, check_parity, export_member
 from fracscan.spec import builtin_spec_path, load_spec
 
 pytestmark = pytest.mark.torch

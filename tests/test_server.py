@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import example_files, synthetic_png
 
-OUTPUTS = ["SCORE", "FRACTURE", "THRESHOLD", "REGION_USED", "REGION_SOURCE", "FALLBACK", "MEMBER_SCORES", "BOXES"]
+OUTPUTS = ["SCORE", "FRACTURE", "THRESHOLD", "REGION_USED", "REGION_SOURCE", "FALLBACK", "MEMBER_SCORES", "BOXES", "LEVEL"]
 
 
 def _clients(server):
@@ -175,3 +178,23 @@ def test_stop_removes_the_shared_memory_a_killed_server_leaves(repository):
     finally:
         server.stop()
     assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+def test_backend_cache_is_shared_by_every_process(tmp_path):
+    """The copied backends are found again by the next process (a per-process name copied them each start)."""
+    code = (
+        "from pathlib import Path; from fracscan.server import prepare_backends; "
+        f"print(prepare_backends(Path({str(tmp_path)!r})))"
+    )
+    paths = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    ]
+    assert paths[0] == paths[1]
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(paths[0])]

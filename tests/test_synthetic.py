@@ -10,15 +10,17 @@ import pydicom
 import pytest
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
-from fracscan import synthetic as syn
-from fracscan.synthetic import (
+from fracscan.demo import synthetic as syn
+from fracscan.demo.synthetic import (
     LOSSLESS,
     REGIONS,
     TRANSFER_SYNTAXES,
     SyntheticCase,
     can_write,
+    cases,
     dataset,
     make_case,
+    scenes,
     write_dicom,
     write_examples,
     write_non_image_dicom,
@@ -30,7 +32,7 @@ SMALL = (288, 232)  # rows, cols: fast, still large enough for every layout
 
 def _seed_with_bits(bits: int, region: str = "wrist") -> int:
     for s in range(10_000):
-        if syn._choose(s, region, True, SMALL)[5] == bits:
+        if scenes.choose(s, region, True, SMALL)[5] == bits:
             return s
     raise AssertionError(f"no seed gives {bits} bits")
 
@@ -50,8 +52,22 @@ def case16() -> SyntheticCase:
 
 def test_regions_are_the_sixteen_defaults():
     assert REGIONS == (
-        "ankle", "clavicle", "elbow", "femur", "foot", "forearm", "hand", "hip",
-        "humerus", "knee", "pelvis", "ribs", "shoulder", "spine", "tibia_fibula", "wrist",
+        "ankle",
+        "clavicle",
+        "elbow",
+        "femur",
+        "foot",
+        "forearm",
+        "hand",
+        "hip",
+        "humerus",
+        "knee",
+        "pelvis",
+        "ribs",
+        "shoulder",
+        "spine",
+        "tibia_fibula",
+        "wrist",
     )
     assert set(syn.BODY_PART) == set(REGIONS)
     assert all(v == v.upper() for v in syn.BODY_PART.values())
@@ -61,8 +77,13 @@ def test_same_seed_same_case_and_different_seed_differs():
     a = make_case(1234, shape=SMALL)
     b = make_case(1234, shape=SMALL)
     assert np.array_equal(a.pixels, b.pixels)
-    assert (a.box, a.region, a.fracture, a.laterality, a.bits_stored) == (b.box, b.region, b.fracture, b.laterality,
-                                                                          b.bits_stored)
+    assert (a.box, a.region, a.fracture, a.laterality, a.bits_stored) == (
+        b.box,
+        b.region,
+        b.fracture,
+        b.laterality,
+        b.bits_stored,
+    )
     c = make_case(1235, shape=SMALL)
     assert not np.array_equal(a.pixels, c.pixels) or a.region != c.region
 
@@ -70,7 +91,7 @@ def test_same_seed_same_case_and_different_seed_differs():
 def test_default_shape_is_a_small_nonsquare_radiograph():
     shapes = [make_case(s).shape for s in (0, 1)]
     for h, w in shapes:
-        assert 550 <= min(h, w) and max(h, w) <= 1000
+        assert min(h, w) >= 550 and max(h, w) <= 1000
         assert h != w
 
 
@@ -89,8 +110,8 @@ def test_case_is_12_to_16_bit_monochrome2():
 @pytest.mark.parametrize("region", REGIONS)
 def test_fracture_box_is_inside_the_field_and_on_bone(region):
     seed = 7 + REGIONS.index(region)
-    frac, _, layers_f = syn._build(seed, region, True, SMALL)
-    norm, _, layers_n = syn._build(seed, region, False, SMALL)
+    frac, _, layers_f = cases.build(seed, region, True, SMALL)
+    norm, _, layers_n = cases.build(seed, region, False, SMALL)
     assert frac.fracture and frac.region == region and frac.box is not None and norm.box is None
     x0, y0, x1, y1 = frac.box
     h, w = frac.shape
@@ -121,7 +142,7 @@ def test_fracture_box_is_inside_the_field_and_on_bone(region):
         # only the pixels around the line change (MTF blur reaches a few pixels)
         diff = frac.pixels.astype(int) != norm.pixels.astype(int)
         m = 8
-        diff[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m] = False
+        diff[max(0, y0 - m) : y1 + m, max(0, x0 - m) : x1 + m] = False
         assert not diff.any()
 
 
@@ -232,15 +253,23 @@ def test_dicom_round_trip_every_transfer_syntax(tmp_path, case12, case16, name, 
 
 
 def test_uncompressed_syntaxes_always_writable():
-    for name in ("explicit_vr_little_endian", "implicit_vr_little_endian", "explicit_vr_big_endian",
-                 "deflated_explicit_vr_little_endian", "rle_lossless", "jpeg2000_lossless", "jpeg2000_lossy"):
+    for name in (
+        "explicit_vr_little_endian",
+        "implicit_vr_little_endian",
+        "explicit_vr_big_endian",
+        "deflated_explicit_vr_little_endian",
+        "rle_lossless",
+        "jpeg2000_lossless",
+        "jpeg2000_lossy",
+    ):
         assert can_write(TRANSFER_SYNTAXES[name]), name
     assert set(LOSSLESS) <= set(TRANSFER_SYNTAXES.values())
     assert TRANSFER_SYNTAXES["jpeg2000_lossy"] not in LOSSLESS
 
 
-@pytest.mark.parametrize("modality,sop", [("DX", DigitalXRayImageStorageForPresentation),
-                                          ("CR", ComputedRadiographyImageStorage)])
+@pytest.mark.parametrize(
+    "modality,sop", [("DX", DigitalXRayImageStorageForPresentation), ("CR", ComputedRadiographyImageStorage)]
+)
 def test_dicom_header(tmp_path, case12, modality, sop):
     p1 = write_dicom(case12, tmp_path / "a.dcm", modality=modality)
     p2 = write_dicom(case12, tmp_path / "b.dcm", modality=modality)
@@ -263,14 +292,23 @@ def test_dicom_header(tmp_path, case12, modality, sop):
 
 
 def test_dicom_options(tmp_path, case16):
-    p = write_dicom(case16, tmp_path / "x", photometric="MONOCHROME1", body_part="leg", patient_name="A^B",
-                    patient_id="P1", rescale_intercept=-1024)
+    p = write_dicom(
+        case16,
+        tmp_path / "x",
+        photometric="MONOCHROME1",
+        body_part="leg",
+        patient_name="A^B",
+        patient_id="P1",
+        rescale_intercept=-1024,
+    )
     ds = pydicom.dcmread(p)
     assert ds.BodyPartExamined == "LEG" and str(ds.PatientName) == "A^B" and ds.PatientID == "P1"
     assert float(ds.RescaleIntercept) == -1024
     assert np.array_equal(_as_monochrome2(ds), case16.pixels.astype(np.int64))
-    assert pydicom.dcmread(write_dicom(make_case(2, "tibia_fibula", False, SMALL), tmp_path / "t.dcm")
-                           ).BodyPartExamined == "LEG"
+    assert (
+        pydicom.dcmread(write_dicom(make_case(2, "tibia_fibula", False, SMALL), tmp_path / "t.dcm")).BodyPartExamined
+        == "LEG"
+    )
     spine = pydicom.dcmread(write_dicom(make_case(2, "spine", False, SMALL), tmp_path / "s.dcm"))
     assert spine.ImageLaterality == "U"
     with pytest.raises(ValueError, match="photometric"):

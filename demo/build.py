@@ -1,16 +1,16 @@
 """Rebuild the DEMO ensemble: synthetic data -> ten small trained members -> ONNX -> repository,
 calibrated thresholds, held-out report and example radiographs.
 
-    python -m fracscan.export.demo            # what `make demo-rebuild` runs
-    python -m fracscan.export.demo --device cuda --train-only --save-weights w.pt   # train on a GPU box,
-    python -m fracscan.export.demo --from-weights w.pt                              # finish anywhere
+    python -m fracscan.demo.build            # what `make demo-rebuild` runs
+    python -m fracscan.demo.build --device cuda --train-only --save-weights w.pt   # train on a GPU box,
+    python -m fracscan.demo.build --from-weights w.pt                              # finish anywhere
 
 Members train on a GPU when torch sees one (all ten at once: about 6.5 min on an H100) and on
 the CPU otherwise (one per core; about 5 h on 2 cores, estimated from the measured 0.5-1.1 s per
 training step on one core). CPU training is bit-for-bit reproducible; GPU training is not
 (cuDNN and atomic adds), so two GPU builds differ slightly.
 
-DEMO ONLY: the members learn synthetic radiographs from `fracscan.synthetic`; they show that
+DEMO ONLY: the members learn synthetic radiographs from `fracscan.demo.synthetic`; they show that
 every path of the pipeline works (scores separate, maps localise, boxes land on fractures).
 They are not clinical models.
 
@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from fracscan import evaluation, synthetic
+from fracscan import contract, evaluation
+from fracscan.demo import synthetic
 from fracscan.export.members import build_member
 from fracscan.export.onnx_export import check_parity, export_member
 from fracscan.export.repository import write_repository
@@ -52,8 +53,11 @@ from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.preprocess import preprocess
 from fracscan.spec import MAP_STRIDE, EnsembleSpec, MemberSpec, builtin_spec_path, load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = Path(__file__).resolve().parent  # demo/: the spec and the build's report live here
+ROOT = DEMO_DIR.parent  # the checkout: model_repository/ and examples/ are beside demo/
+DEMO_SPEC = builtin_spec_path("demo")  # demo/demo.toml
 SEEDS = {"train": 1_000_000, "tune": 2_000_000, "test": 3_000_000}  # disjoint case seeds per split
+DEFINITE_SPECIFICITY = 0.95  # the "definite" operating point: 95% specificity on the tuning split
 
 
 @dataclasses.dataclass
@@ -65,14 +69,13 @@ class Split:
     cases: list  # the SyntheticCase of each row (for writing files and labels)
 
 
-LANDSCAPE = {"pelvis", "clavicle", "shoulder"}
-
-
 def _prepare(args) -> tuple:
     seed, region, fracture, pre = args
     # Training images are generated small (the frame is S = 128 anyway): 5x faster than default.
     h, w = np.random.default_rng(seed).integers((360, 280), (440, 360))
-    case = synthetic.make_case(seed, region=region, fracture=fracture, shape=(w, h) if region in LANDSCAPE else (h, w))
+    case = synthetic.make_case(
+        seed, region=region, fracture=fracture, shape=(w, h) if region in synthetic.LANDSCAPE else (h, w)
+    )
     pixels, geometry = preprocess(case.pixels, pre)
     size = pre.size
     target = np.zeros((size // MAP_STRIDE,) * 2, np.float32)
@@ -108,7 +111,10 @@ def make_split(name: str, n: int, spec: EnsembleSpec, workers: int = 2, paired: 
     if paired:
         jobs = [(SEEDS[name] + i // 2, regions[i // 2 % len(regions)], i % 2 == 0, spec.preprocess) for i in range(n)]
     else:
-        jobs = [(SEEDS[name] + i, regions[i % len(regions)], bool((i // len(regions)) % 2), spec.preprocess) for i in range(n)]
+        jobs = [
+            (SEEDS[name] + i, regions[i % len(regions)], bool((i // len(regions)) % 2), spec.preprocess)
+            for i in range(n)
+        ]
     with multiprocessing.Pool(workers) as pool:
         rows = pool.map(_prepare, jobs, chunksize=8)
     cases = [r[0] for r in rows]
@@ -125,7 +131,10 @@ def make_split(name: str, n: int, spec: EnsembleSpec, workers: int = 2, paired: 
 @torch.no_grad()
 def _scores(model, pixels: torch.Tensor, batch: int = 64) -> np.ndarray:
     model.eval()
-    out = [torch.sigmoid(model.forward_logits(pixels[i : i + batch].float())["score"]).reshape(-1).cpu() for i in range(0, len(pixels), batch)]
+    out = [
+        torch.sigmoid(model.forward_logits(pixels[i : i + batch].float())["score"]).reshape(-1).cpu()
+        for i in range(0, len(pixels), batch)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -144,8 +153,15 @@ def sampling_weights(groups: np.ndarray) -> np.ndarray:
 
 
 def train_member(
-    member: MemberSpec, train: Split, tune: Split, seed: int, epochs: int,
-    batch: int = 32, patience: int = 10, lr: float = 2e-3, device: str = "cpu",
+    member: MemberSpec,
+    train: Split,
+    tune: Split,
+    seed: int,
+    epochs: int,
+    batch: int = 32,
+    patience: int = 10,
+    lr: float = 2e-3,
+    device: str = "cpu",
 ):
     """Train one member; return (model with the best tuning AUC, history).
 
@@ -159,13 +175,15 @@ def train_member(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = len(train.labels) // batch
     # One-cycle: warm up, then anneal to ~0; the late low-rate epochs give the last few points of AUC.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps_per_epoch * epochs, 1), pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=max(steps_per_epoch * epochs, 1), pct_start=0.1
+    )
     map_weight = 10.0 if member.attention else 3.0  # localisation : classification (paper)
     p = sampling_weights(train.groups)
     pixels, labels, maps = train.pixels.to(device), train.labels.to(device), train.maps.to(device)
     tune_pixels = tune.pixels.to(device)
     best, best_auc, history, stale = None, -1.0, [], 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         order = rng.choice(len(train.labels), len(train.labels), p=p)
         for i in range(0, steps_per_epoch * batch, batch):
@@ -206,7 +224,9 @@ def _train_job(job) -> tuple[dict, list[float], float]:
     return {k: v.numpy() for k, v in model.state_dict().items()}, history, round(time.perf_counter() - t, 1)
 
 
-def train_members(spec: EnsembleSpec, train: Split, tune: Split, seed: int, epochs: int, workers: int, device: str, save: Path | None):
+def train_members(
+    spec: EnsembleSpec, train: Split, tune: Split, seed: int, epochs: int, workers: int, device: str, save: Path | None
+):
     """Train every member (one process each); [(member, {state, history, train_s, device})] in spec order.
 
     `save`: after each member, all weights so far go to this one file (read back by `--from-weights`).
@@ -253,11 +273,19 @@ def predictions(runner: ReferenceRunner, split: Split, name: str) -> list[dict]:
     rows = []
     for i, case in enumerate(split.cases):
         r = runner.predict(_npy(case.pixels), case.region)
-        rows.append({
-            "source": f"{name}/{i:05d}", "status": "ok", "score": r.score, "fracture": r.fracture,
-            "threshold": r.threshold, "region": r.region, "boxes": r.boxes.tolist(), "error": None,
-            "model": "fracscan:demo",
-        })
+        rows.append(
+            {
+                "source": f"{name}/{i:05d}",
+                "status": "ok",
+                "score": r.score,
+                "fracture": r.fracture,
+                "threshold": r.threshold,
+                "region": r.region,
+                "boxes": r.boxes.tolist(),
+                "error": None,
+                "model": "fracscan:demo",
+            }
+        )
     return rows
 
 
@@ -267,7 +295,7 @@ def write_split_files(rows: list[dict], split: Split, name: str, out: Path) -> t
     with open(label_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "fracture", "region", "x0", "y0", "x1", "y1"])
-        for row, case in zip(rows, split.cases):
+        for row, case in zip(rows, split.cases, strict=True):
             w.writerow([row["source"], int(case.fracture), case.region, *(case.box or ("", "", "", ""))])
     return pred_path, label_path
 
@@ -275,7 +303,7 @@ def write_split_files(rows: list[dict], split: Split, name: str, out: Path) -> t
 def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
     """Fraction of fractured cases whose top box overlaps the true box with IoU >= IOU_HIT (0.3)."""
     hits = total = 0
-    for row, case in zip(rows, split.cases):
+    for row, case in zip(rows, split.cases, strict=True):
         if case.fracture:
             total += 1
             boxes = np.asarray(row["boxes"], dtype=float).reshape(-1, 5)
@@ -285,9 +313,21 @@ def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
 
 
 def build_demo(
-    spec_path: Path, repository: Path, report_dir: Path, examples: Path | None,
-    n_train: int, n_tune: int, n_test: int, epochs: int, members: int | None, seed: int = 0, workers: int | None = None,
-    device: str = "cpu", save_weights: Path | None = None, from_weights: Path | None = None, train_only: bool = False,
+    spec_path: Path,
+    repository: Path,
+    report_dir: Path,
+    examples: Path | None,
+    n_train: int,
+    n_tune: int,
+    n_test: int,
+    epochs: int,
+    members: int | None,
+    seed: int = 0,
+    workers: int | None = None,
+    device: str = "cpu",
+    save_weights: Path | None = None,
+    from_weights: Path | None = None,
+    train_only: bool = False,
 ) -> dict | None:
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
@@ -298,7 +338,10 @@ def build_demo(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if workers is None:  # a GPU takes all members at once; a CPU one member per core
         workers = len(spec.members) if device == "cuda" else min(os.cpu_count() or 1, len(spec.members))
-    print(f"[demo] synthesising {n_train}/{n_tune}/{n_test} train/tune/test radiographs at S={spec.preprocess.size}", flush=True)
+    print(
+        f"[demo] synthesising {n_train}/{n_tune}/{n_test} train/tune/test radiographs at S={spec.preprocess.size}",
+        flush=True,
+    )
     tune = make_split("tune", n_tune, spec, workers)
     if from_weights is None:
         train = make_split("train", n_train, spec, workers, paired=True)
@@ -313,14 +356,19 @@ def build_demo(
     for i, (member, row) in enumerate(trained):
         model = build_member(member)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in row["state"].items()})
-        path = onnx_dir / f"member_{i:02d}.onnx"
+        path = onnx_dir / f"{contract.member_model(i)}.onnx"
         export_member(model.eval(), member, spec.preprocess.size, path)
         diff = check_parity(model, path, spec.preprocess.size)
         onnx_files.append(path)
-        member_report.append({
-            "name": member.name, "tuning_auc_per_epoch": row["history"], "onnx_max_abs_diff": diff,
-            "train_s": row["train_s"], "trained_on": row["device"],
-        })
+        member_report.append(
+            {
+                "name": member.name,
+                "tuning_auc_per_epoch": row["history"],
+                "onnx_max_abs_diff": diff,
+                "train_s": row["train_s"],
+                "trained_on": row["device"],
+            }
+        )
         print(f"[demo] {member.name}: ONNX parity {diff:.1e}", flush=True)
 
     # Pass 1: every radiograph gets boxes (threshold 0), to calibrate score and map thresholds.
@@ -330,17 +378,23 @@ def build_demo(
     tune_pred, tune_labels = write_split_files(tune_rows, tune, "tune", report_dir)
     matched = evaluation.match(evaluation.read_predictions(tune_pred), evaluation.read_labels(tune_labels)[0])
     calibration = evaluation.calibrate(
-        matched.cases, 0.925, min_positives=5, box_labels=True,
+        matched.cases,
+        0.925,
+        min_positives=5,
+        box_labels=True,
+        definite_specificity=DEFINITE_SPECIFICITY,
         provenance={"spec": spec.name, "tuning_set": f"synthetic seeds {SEEDS['tune']}+{n_tune}", "demo": True},
-    )
-    calibration.save(repository / "thresholds.json")
+    ).thresholds
+    calibration.save(repository / contract.THRESHOLDS_FILE)
     # Check the raised map thresholds on the tuning split predicted at the calibrated thresholds.
     with tempfile.TemporaryDirectory() as tmp:
-        pred, labels = write_split_files(predictions(ReferenceRunner(repository), tune, "tune"), tune, "tune", Path(tmp))
+        pred, labels = write_split_files(
+            predictions(ReferenceRunner(repository), tune, "tune"), tune, "tune", Path(tmp)
+        )
         checked = evaluation.match(evaluation.read_predictions(pred), evaluation.read_labels(labels)[0]).cases
-    evaluation.recheck_map_thresholds(calibration, checked, 0.925, everything.map_threshold)
-    calibration.save(repository / "thresholds.json")
-    thresholds = Thresholds.load(repository / "thresholds.json")
+    calibration = evaluation.recheck_map_thresholds(calibration, checked, 0.925, everything.map_threshold)
+    calibration.save(repository / contract.THRESHOLDS_FILE)
+    thresholds = Thresholds.load(repository / contract.THRESHOLDS_FILE)
 
     # Pass 2: the held-out test split at the calibrated operating points.
     test_rows = predictions(ReferenceRunner(repository), test, "test")
@@ -350,7 +404,10 @@ def build_demo(
     metrics = evaluation.evaluate(matched.cases, decisions, bootstrap=1000, seed=seed)
     iou_rate, fractured = top_box_iou(test_rows, test)
     evaluation.plot_roc(
-        matched.cases, decisions, report_dir / "roc_test.png", metrics=metrics,
+        matched.cases,
+        decisions,
+        report_dir / "roc_test.png",
+        metrics=metrics,
         title="DEMO ensemble (synthetic radiographs, not for clinical use): held-out test split",
         subtitle="operating points: per-region thresholds calibrated to 92.5% sensitivity on the tuning split",
     )
@@ -358,30 +415,46 @@ def build_demo(
         synthetic.write_examples(examples)
     report = {
         "notice": "DEMO ONLY: synthetic radiographs, not for clinical use",
-        "spec": spec.name, "size": spec.preprocess.size, "splits": {"train": n_train, "tune": n_tune, "test": n_test},
+        "spec": spec.name,
+        "size": spec.preprocess.size,
+        "splits": {"train": n_train, "tune": n_tune, "test": n_test},
         "members": member_report,
         "test": {"overall": metrics["overall"], "regions": metrics["regions"]},
-        "top_box_iou_0.3_rate": iou_rate, "fractured_test_cases": fractured,
+        "top_box_iou_0.3_rate": iou_rate,
+        "fractured_test_cases": fractured,
         "build_s": round(time.perf_counter() - t0, 1),  # with --from-weights: without the training
         "weights_from": from_weights.name if from_weights else None,
     }
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     o = metrics["overall"]
-    print(f"[demo] test AUC {o['auc']:.3f}, sensitivity {o['sensitivity']:.3f}, specificity {o['specificity']:.3f}, "
-          f"top box IoU>=0.3 on {iou_rate:.0%} of {fractured} fractured; built in {report['build_s']:.0f} s", flush=True)
+    print(
+        f"[demo] test AUC {o['auc']:.3f}, sensitivity {o['sensitivity']:.3f}, specificity {o['specificity']:.3f}, "
+        f"top box IoU>=0.3 on {iou_rate:.0%} of {fractured} fractured; built in {report['build_s']:.0f} s",
+        flush=True,
+    )
     return report
 
 
 def main(
-    spec: Annotated[Path, typer.Option(help="Demo spec.")] = builtin_spec_path("demo"),
+    spec: Annotated[Path, typer.Option(help="Demo spec.")] = DEMO_SPEC,
     repository: Annotated[Path, typer.Option(help="Repository to write.")] = ROOT / "model_repository",
-    report_dir: Annotated[Path, typer.Option(help="Where the splits' predictions, labels and report go.")] = ROOT / "demo",
+    report_dir: Annotated[Path, typer.Option(help="Where the splits' predictions, labels and report go.")] = DEMO_DIR,
     examples: Annotated[Path, typer.Option(help="Example radiographs folder.")] = ROOT / "examples",
-    n_train: int = 4096, n_tune: int = 320, n_test: int = 480, epochs: int = 40,
+    n_train: int = 4096,
+    n_tune: int = 320,
+    n_test: int = 480,
+    epochs: int = 40,
     members: Annotated[int | None, typer.Option(help="Only the first N members (for quick runs).")] = None,
     seed: int = 0,
-    workers: Annotated[int | None, typer.Option(help="Processes for synthesis and training (one member each) [default: all members on a GPU, one per core on a CPU].")] = None,
-    device: Annotated[str, typer.Option(help="Where members train: auto (a GPU if torch sees one), cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes for synthesis and training (one member each) [default: all members on a GPU, one per core on a CPU]."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where members train: auto (a GPU if torch sees one), cpu or cuda.")
+    ] = "auto",
     save_weights: Annotated[Path | None, typer.Option(help="Save the trained members' weights here.")] = None,
     from_weights: Annotated[Path | None, typer.Option(help="Skip training: use weights from --save-weights.")] = None,
     train_only: Annotated[bool, typer.Option(help="Stop after training (with --save-weights).")] = False,
@@ -390,8 +463,21 @@ def main(
     if train_only and save_weights is None:
         raise typer.BadParameter("--train-only needs --save-weights")
     build_demo(
-        spec, repository, report_dir, examples, n_train, n_tune, n_test, epochs, members, seed, workers,
-        device, save_weights, from_weights, train_only,
+        spec,
+        repository,
+        report_dir,
+        examples,
+        n_train,
+        n_tune,
+        n_test,
+        epochs,
+        members,
+        seed,
+        workers,
+        device,
+        save_weights,
+        from_weights,
+        train_only,
     )
 
 

@@ -1,0 +1,137 @@
+"""Where `fracscan predict` puts its answers: one row per input as table, CSV, JSONL or JSON, and overlays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fracscan.cli.console import OutputFormat
+from fracscan.client import Prediction, PredictionError
+from fracscan.decode import decode_image
+from fracscan.provenance import Provenance
+
+CSV_FIELDS = ["source", "status", "score", "fracture", "threshold", "region", "region_source", "boxes", "error"]
+OVERLAY_NOTICE_WIDTH = 50  # characters a line: the notice stays inside a small radiograph
+
+
+def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
+    """The one row every format writes for an input (errors keep the same keys, empty)."""
+    if result.ok:
+        d = result.to_dict()
+        return {
+            "source": d["source"],
+            "status": "ok",
+            # Unrounded: calibration compares these with thresholds exactly as the server does.
+            "score": d["score"],
+            "fracture": d["fracture"],
+            "threshold": d["threshold"],
+            "region": d["region"],
+            "region_source": d["region_source"],
+            "fallback": d["fallback"],
+            "boxes": d["boxes"],
+            "member_spread": d["member_spread"],
+            "model": f"{d['model_name']}:{d['model_version']}",
+            "error": None,
+        }
+    return {
+        "source": result.source,
+        "status": "error",
+        "score": None,
+        "fracture": None,
+        "threshold": None,
+        "region": None,
+        "region_source": None,
+        "boxes": [],
+        "error": result.error,
+    }
+
+
+class Writer:
+    """Streams rows to JSONL / CSV / a JSON array as they arrive; collects rows for a table."""
+
+    def __init__(self, fmt: OutputFormat, stream: IO[str], append: bool):
+        self.fmt, self.stream, self.count = fmt, stream, 0
+        self.rows: list[dict[str, Any]] = []
+        if fmt is OutputFormat.csv:
+            self.csv = csv.DictWriter(stream, CSV_FIELDS, extrasaction="ignore")
+            if not append:
+                self.csv.writeheader()
+        elif fmt is OutputFormat.json:
+            stream.write("[")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt is OutputFormat.jsonl:
+            self.stream.write(json.dumps(row) + "\n")
+        elif self.fmt is OutputFormat.csv:
+            self.csv.writerow({**row, "boxes": json.dumps(row["boxes"])})
+        elif self.fmt is OutputFormat.json:
+            self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
+        else:
+            self.rows.append(row)
+        self.count += 1
+        self.stream.flush()  # an interrupted run keeps every line written so far
+
+    def close(self, console: Console) -> None:
+        if self.fmt is OutputFormat.json:
+            self.stream.write("\n]\n")
+        elif self.fmt is OutputFormat.table:
+            console.print(results_table(self.rows))
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="fracscan predictions",
+        title_style="bold",
+        caption="* no calibrated threshold for the region: fallback applied",
+    )
+    table.add_column("source", overflow="fold")  # paths wrap rather than vanish on narrow terminals
+    for col in ("score", "thr.", "result", "region", "boxes"):
+        table.add_column(col, justify="right" if col in ("score", "thr.", "boxes") else "left", no_wrap=True)
+    for r in rows:
+        source = escape(r["source"])  # a path with [brackets] is a path, not markup
+        if r["status"] == "ok":
+            verdict = "[bold red]FRACTURE[/]" if r["fracture"] else "[green]no fracture[/]"
+            region = escape(r["region"]) + ("*" if r.get("fallback") else "")
+            table.add_row(source, f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
+        else:
+            table.add_row(source, "", "", "[red]error[/]", "", "")
+    return table
+
+
+def overlay_notice(record: Provenance | None) -> str:
+    """The provenance notices drawn on every overlay of a repository without clinical meaning."""
+    if record is None or record.clinical:
+        return ""
+    return "\n".join(textwrap.fill(line, OVERLAY_NOTICE_WIDTH) for line in record.notices())
+
+
+def write_overlay(result: Prediction, overlay_dir: Path, notice: str) -> None:
+    """The radiograph with the boxes and the score drawn on it, as a person would review it."""
+    from PIL import Image, ImageDraw
+
+    pixels = decode_image(Path(result.source).read_bytes()).pixels
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    gray = (np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    img = Image.fromarray(gray).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(max(img.size) / 300))
+    for box in result.boxes:
+        draw.rectangle([box.x0, box.y0, box.x1, box.y1], outline=(255, 40, 40), width=width)
+        draw.text((box.x0, max(0, box.y0 - 14 * width // 2)), f"{box.confidence:.2f}", fill=(255, 40, 40))
+    verdict = "FRACTURE" if result.fracture else "no fracture"
+    text = f"{verdict}  score {result.score:.3f} / threshold {result.threshold:.3f}  region {result.region}"
+    if notice:
+        text += "\n" + notice
+    font_size = max(12, img.size[0] // 40)
+    draw.multiline_text((8, 8), text, fill=(255, 220, 0), font_size=font_size, stroke_width=2, stroke_fill=(0, 0, 0))
+    name = str(Path(result.source).with_suffix("")).strip("/").replace(os.sep, "__") + ".png"
+    img.save(overlay_dir / name)

@@ -1,0 +1,196 @@
+"""The serving contract: every name that crosses a process boundary, in one place.
+
+Repository generation (`fracscan.export.repository`), the Triton adapters (`fracscan.triton_models`),
+the in-process reference, the SDK (`fracscan.client`) and the CLI all take tensor names, datatypes,
+dims, model names and file names from here; `tests/test_contract.py` fails when a tensor name is
+spelled anywhere else.
+
+    fracscan (ensemble)   IMAGE [+ REGION] -> SCORE FRACTURE THRESHOLD REGION_USED REGION_SOURCE
+                                              FALLBACK MEMBER_SCORES BOXES LEVEL DEFINITE_THRESHOLD
+      preprocess          IMAGE [+ REGION] -> PIXELS GEOMETRY REGION_USED REGION_SOURCE
+      member_NN           image            -> score [+ map]          (ensemble names SCORE_NN, MAP_NN)
+      average             SCORE_NN, MAP_NN -> SCORE MEMBER_SCORES [MAP]
+      threshold           SCORE GEOMETRY REGION_USED [MAP] -> FRACTURE THRESHOLD FALLBACK BOXES LEVEL
+                                                              DEFINITE_THRESHOLD
+
+Naming rules for outputs that later models add, so nobody invents names: a classification head
+`<head>` adds `<HEAD>` (BYTES [1], top class) and `<HEAD>_PROBS` (FP32 [K]); the two-level answer is
+`LEVEL` (BYTES [1]) and `DEFINITE_THRESHOLD` (FP32 [1]); the study model `fracscan_study` prefixes its
+study answer with `STUDY_` and its per-view answers with `VIEW_`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Datatype = Literal["BYTES", "FP32", "BOOL"]
+
+# --- model and file names ---
+ENSEMBLE_MODEL = "fracscan"
+STUDY_MODEL = "fracscan_study"
+PREPROCESS_MODEL = "preprocess"
+AVERAGE_MODEL = "average"
+THRESHOLD_MODEL = "threshold"
+
+SPEC_FILE = "fracscan.toml"  # the ensemble spec as served
+THRESHOLDS_FILE = "thresholds.json"  # per-region operating points
+PROVENANCE_FILE = "provenance.json"  # demo / random weights / members' content hashes
+CONFIG_FILE = "config.pbtxt"
+ONNX_FILE = "model.onnx"
+PYTHON_MODEL_FILE = "model.py"
+MODEL_VERSION = "1"
+
+# Ensemble config parameters that clients read (KServe model config).
+PARAM_SPEC = "ensemble_spec"
+PARAM_DESCRIPTION = "description"
+PARAM_PROVENANCE = "provenance"
+
+UNKNOWN_REGION = "unknown"  # the region of a radiograph with no (supported) region: fallback threshold
+RegionSource = Literal["user", "dicom", "unknown"]
+REGION_SOURCES: tuple[str, ...] = ("user", "dicom", "unknown")
+Level = Literal["negative", "suspicious", "definite"]
+LEVELS: tuple[str, ...] = ("negative", "suspicious", "definite")
+NO_DEFINITE_THRESHOLD = -1.0  # DEFINITE_THRESHOLD when the region has none (a NaN would break strict JSON)
+
+BOX_COLUMNS = 5  # x0, y0, x1, y1, confidence in original pixels
+BOX_PADDING = -1.0  # confidence of the rows that pad BOXES to a common length
+GEOMETRY_LENGTH = 9  # fracscan.preprocess.Geometry as floats
+
+# --- tensor names ---
+IMAGE = "IMAGE"
+REGION = "REGION"
+PIXELS = "PIXELS"
+GEOMETRY = "GEOMETRY"
+REGION_USED = "REGION_USED"
+REGION_SOURCE = "REGION_SOURCE"
+SCORE = "SCORE"
+MAP = "MAP"
+MEMBER_SCORES = "MEMBER_SCORES"
+FRACTURE = "FRACTURE"
+THRESHOLD = "THRESHOLD"
+FALLBACK = "FALLBACK"
+BOXES = "BOXES"
+LEVEL = "LEVEL"
+DEFINITE_THRESHOLD = "DEFINITE_THRESHOLD"
+
+# A member model's own tensors (the ONNX graph's names: the same for every target).
+MEMBER_INPUT = "image"
+MEMBER_SCORE = "score"
+MEMBER_MAP = "map"
+
+STUDY_PREFIX = "STUDY_"
+VIEW_PREFIX = "VIEW_"
+PROBS_SUFFIX = "_PROBS"
+PASSED_SUFFIX = "_IN"  # see passed_through()
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: Datatype
+    dims: tuple[int, ...]  # without the batch dimension; -1 = variable
+    optional: bool = False
+
+
+def member_model(index: int) -> str:
+    return f"member_{index:02d}"
+
+
+def member_score(index: int) -> str:
+    """Member `index`'s score as the ensemble names it between steps."""
+    return f"{SCORE}_{index:02d}"
+
+
+def member_map(index: int) -> str:
+    return f"{MAP}_{index:02d}"
+
+
+def head_outputs(head: str) -> tuple[str, str]:
+    """(top class, probabilities) output names of a classification head."""
+    return head.upper(), f"{head.upper()}{PROBS_SUFFIX}"
+
+
+# --- the tensors of each model, given the spec's sizes ---
+
+ENSEMBLE_INPUTS: tuple[Tensor, ...] = (
+    Tensor(IMAGE, "BYTES", (1,)),
+    Tensor(REGION, "BYTES", (1,), optional=True),
+)
+
+
+def preprocess_outputs(size: int) -> tuple[Tensor, ...]:
+    return (
+        Tensor(PIXELS, "FP32", (2, size, size)),
+        Tensor(GEOMETRY, "FP32", (GEOMETRY_LENGTH,)),
+        Tensor(REGION_USED, "BYTES", (1,)),
+        Tensor(REGION_SOURCE, "BYTES", (1,)),
+    )
+
+
+def member_inputs(size: int) -> tuple[Tensor, ...]:
+    return (Tensor(MEMBER_INPUT, "FP32", (2, size, size)),)
+
+
+def member_outputs(map_size: int, has_map: bool) -> tuple[Tensor, ...]:
+    score = Tensor(MEMBER_SCORE, "FP32", (1,))
+    return (score, Tensor(MEMBER_MAP, "FP32", (1, map_size, map_size))) if has_map else (score,)
+
+
+def average_inputs(members: int, map_members: tuple[int, ...], map_size: int) -> tuple[Tensor, ...]:
+    scores = tuple(Tensor(member_score(i), "FP32", (1,)) for i in range(members))
+    return scores + tuple(Tensor(member_map(i), "FP32", (1, map_size, map_size)) for i in map_members)
+
+
+def average_outputs(members: int, map_size: int, has_map: bool) -> tuple[Tensor, ...]:
+    out = (Tensor(SCORE, "FP32", (1,)), Tensor(MEMBER_SCORES, "FP32", (members,)))
+    return out + ((Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ())
+
+
+def passed_through(name: str) -> str:
+    """The ensemble's name for an answer tensor on its way to the last step, which passes it on.
+
+    Triton's ensemble scheduler cannot answer a request for a subset of outputs that leaves out
+    every output of the last step ("unexpected deadlock, at least one output is not set"), so every
+    ensemble output comes from the last step: earlier steps' answers reach it under these names.
+    """
+    return f"{name}{PASSED_SUFFIX}"
+
+
+PASSED_ON: tuple[str, ...] = (SCORE, MEMBER_SCORES, REGION_USED, REGION_SOURCE)  # threshold passes these on
+
+
+def threshold_inputs(members: int, map_size: int, has_map: bool) -> tuple[Tensor, ...]:
+    out = (
+        Tensor(passed_through(SCORE), "FP32", (1,)),
+        Tensor(passed_through(MEMBER_SCORES), "FP32", (members,)),
+        Tensor(GEOMETRY, "FP32", (GEOMETRY_LENGTH,)),
+        Tensor(passed_through(REGION_USED), "BYTES", (1,)),
+        Tensor(passed_through(REGION_SOURCE), "BYTES", (1,)),
+    )
+    return out + ((Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ())
+
+
+def ensemble_outputs(members: int) -> tuple[Tensor, ...]:
+    """What one request to `fracscan` answers: the `threshold` step's outputs, in the README's order."""
+    return (
+        Tensor(SCORE, "FP32", (1,)),
+        Tensor(FRACTURE, "BOOL", (1,)),
+        Tensor(THRESHOLD, "FP32", (1,)),
+        Tensor(REGION_USED, "BYTES", (1,)),
+        Tensor(REGION_SOURCE, "BYTES", (1,)),
+        Tensor(FALLBACK, "BOOL", (1,)),
+        Tensor(MEMBER_SCORES, "FP32", (members,)),
+        Tensor(BOXES, "FP32", (-1, BOX_COLUMNS)),
+        Tensor(LEVEL, "BYTES", (1,)),
+        Tensor(DEFINITE_THRESHOLD, "FP32", (1,)),
+    )
+
+
+# The names the SDK asks the ensemble for (any subset works: see passed_through()).
+ENSEMBLE_OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in ensemble_outputs(1))
+
+RESERVED_NAMES: frozenset[str] = frozenset(
+    {IMAGE, REGION, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
+    | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD}
+)

@@ -1,0 +1,89 @@
+"""Calibration and evaluation (Jones et al. 2020, Methods): numpy/scipy only, no CLI.
+
+Inputs are the predictions written by `fracscan predict --format jsonl` and a labels CSV
+(`source,fracture[,region][,x0,y0,x1,y1]`); `fracscan calibrate` and `fracscan evaluate`
+(`fracscan.cli.calibrate`, `fracscan.cli.evaluate`) are thin wrappers over this package.
+One file a job:
+
+* `records`     reading and validating the two inputs (`PredictionRow`, `LabelRow`, `EvaluationError`).
+* `matching`    pairing labels with predictions (`Case`, `Matched`, `match`, `read_labelled`).
+* `rules`       the threshold rules: score order statistics, IoU, box hits.
+* `calibration` per-region operating points as the core's `Thresholds` (`calibrate` ->
+                `CalibrationResult`), the map-threshold recheck, what a calibration achieves.
+* `metrics`     AUC, ROC, Wilson and bootstrap CIs, kappa, per-region reports (`evaluate`).
+* `plots`       ROC curves as a PNG; matplotlib is imported only when called.
+"""
+
+from __future__ import annotations
+
+from fracscan.evaluation.calibration import (
+    DEFAULT_MAP_THRESHOLD,
+    CalibrationResult,
+    RegionFit,
+    calibrate,
+    file_provenance,
+    fit_by_region,
+    recheck_map_thresholds,
+)
+from fracscan.evaluation.matching import Case, Labelled, Matched, file_name, match, model_identity, read_labelled
+from fracscan.evaluation.metrics import (
+    auc,
+    binary_metrics,
+    cohen_kappa,
+    decisions_for,
+    evaluate,
+    percentile_interval,
+    rng_for,
+    roc_curve,
+    wilson_interval,
+)
+from fracscan.evaluation.plots import plot_roc
+from fracscan.evaluation.records import EvaluationError, LabelRow, PredictionRow, read_labels, read_predictions
+from fracscan.evaluation.rules import (
+    IOU_HIT,
+    box_hit_confidences,
+    iou,
+    map_threshold_from_hits,
+    required_count,
+    sensitivity_threshold,
+    specificity_threshold,
+)
+
+__all__ = [
+    "DEFAULT_MAP_THRESHOLD",
+    "IOU_HIT",
+    "CalibrationResult",
+    "Case",
+    "EvaluationError",
+    "LabelRow",
+    "Labelled",
+    "Matched",
+    "PredictionRow",
+    "RegionFit",
+    "auc",
+    "binary_metrics",
+    "box_hit_confidences",
+    "calibrate",
+    "cohen_kappa",
+    "decisions_for",
+    "evaluate",
+    "file_name",
+    "file_provenance",
+    "fit_by_region",
+    "iou",
+    "map_threshold_from_hits",
+    "match",
+    "model_identity",
+    "percentile_interval",
+    "plot_roc",
+    "read_labelled",
+    "read_labels",
+    "read_predictions",
+    "recheck_map_thresholds",
+    "required_count",
+    "rng_for",
+    "roc_curve",
+    "sensitivity_threshold",
+    "specificity_threshold",
+    "wilson_interval",
+]

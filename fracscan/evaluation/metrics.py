@@ -1,0 +1,210 @@
+"""Metrics of the paper: AUC, sensitivity, specificity, PPV, NPV with 95% CIs, and Cohen's kappa.
+
+Wilson score intervals for sensitivity and specificity; for AUC, PPV and NPV the percentile
+intervals of a seeded bootstrap that resamples radiographs stratified by label (P positives and
+N negatives drawn with replacement from each class).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+from fracscan.evaluation.matching import Case
+from fracscan.evaluation.records import EvaluationError
+from fracscan.postprocess import Thresholds
+
+
+def auc(labels: Any, scores: Any) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); None without both classes."""
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p = int(y.sum())
+    n = y.size - p
+    if p == 0 or n == 0:
+        return None
+    ranks = stats.rankdata(s)
+    return float((ranks[y].sum() - p * (p + 1) / 2.0) / (p * n))
+
+
+def roc_curve(labels: Any, scores: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(fpr, tpr) at every distinct score threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, dtype=int)
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    p, n = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return np.r_[0.0, fps / n], np.r_[0.0, tps / p]
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for a binomial proportion; None when there are no trials."""
+    if trials <= 0:
+        return None
+    z = float(stats.norm.isf((1.0 - confidence) / 2.0))
+    p = successes / trials
+    z2n = z * z / trials
+    center = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z * math.sqrt(p * (1.0 - p) / trials + z2n / (4.0 * trials)) / (1.0 + z2n)
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def cohen_kappa(labels: Any, decisions: Any) -> float | None:
+    """Cohen's kappa of the binary decisions against the labels; None when undefined (chance agreement 1)."""
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    d = np.asarray(decisions, dtype=bool).reshape(-1)
+    n = y.size
+    if n == 0:
+        return None
+    observed = float(np.mean(y == d))
+    expected = (y.mean() * d.mean()) + ((1 - y.mean()) * (1 - d.mean()))
+    if expected >= 1.0:
+        return None
+    return float((observed - expected) / (1.0 - expected))
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _bootstrap(
+    y: NDArray[np.bool_],
+    s: NDArray[np.float64],
+    d: NDArray[np.bool_],
+    resamples: int,
+    rng: np.random.Generator,
+    chunk: int = 250,
+) -> dict[str, NDArray[np.float64]]:
+    """Stratified bootstrap draws of (auc, ppv, npv); NaN where a draw leaves a metric undefined."""
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    p, n = pos.size, neg.size
+    out: dict[str, list[NDArray[np.float64]]] = {"auc": [], "ppv": [], "npv": []}
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        idx = np.concatenate(
+            [
+                pos[rng.integers(0, p, (b, p))] if p else np.zeros((b, 0), int),
+                neg[rng.integers(0, n, (b, n))] if n else np.zeros((b, 0), int),
+            ],
+            axis=1,
+        )
+        ys, ds = y[idx], d[idx]
+        tp = np.sum(ds & ys, axis=1)
+        fp = np.sum(ds & ~ys, axis=1)
+        tn = np.sum(~ds & ~ys, axis=1)
+        fn = np.sum(~ds & ys, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["ppv"].append(np.where(tp + fp > 0, tp / (tp + fp), np.nan))
+            out["npv"].append(np.where(tn + fn > 0, tn / (tn + fn), np.nan))
+        if p and n:
+            ranks = stats.rankdata(s[idx], axis=1)  # positives are the first p columns
+            out["auc"].append((ranks[:, :p].sum(axis=1) - p * (p + 1) / 2.0) / (p * n))
+        else:
+            out["auc"].append(np.full(b, np.nan))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def percentile_interval(draws: Any, confidence: float = 0.95) -> tuple[float, float] | None:
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return None
+    lo, hi = np.quantile(draws, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return (float(lo), float(hi))
+
+
+def rng_for(seed: int, key: str) -> np.random.Generator:
+    """One generator per (seed, group): a group's CI does not depend on which other groups exist."""
+    return np.random.default_rng([int(seed), zlib.crc32(key.encode())])
+
+
+def binary_metrics(
+    labels: Any, scores: Any, decisions: Any, *, bootstrap: int = 1000, seed: int = 0, key: str = "overall"
+) -> dict[str, Any]:
+    """n, positives, AUC, sensitivity, specificity, PPV, NPV (each with a 95% CI), kappa, counts.
+
+    Sensitivity / specificity: Wilson score intervals. AUC, PPV, NPV: percentile intervals of
+    `bootstrap` stratified resamples (seeded by `seed` and `key`); `bootstrap=0` skips them.
+    Undefined values are None.
+    """
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    d = np.asarray(decisions, dtype=bool).reshape(-1)
+    if not (y.size == s.size == d.size):
+        raise ValueError("labels, scores and decisions must have the same length")
+    tp = int(np.sum(d & y))
+    fp = int(np.sum(d & ~y))
+    tn = int(np.sum(~d & ~y))
+    fn = int(np.sum(~d & y))
+    p, n = tp + fn, tn + fp
+    result: dict[str, Any] = {
+        "n": int(y.size),
+        "positives": p,
+        "negatives": n,
+        "auc": auc(y, s),
+        "auc_ci": None,
+        "sensitivity": _ratio(tp, p),
+        "sensitivity_ci": wilson_interval(tp, p),
+        "specificity": _ratio(tn, n),
+        "specificity_ci": wilson_interval(tn, n),
+        "ppv": _ratio(tp, tp + fp),
+        "ppv_ci": None,
+        "npv": _ratio(tn, tn + fn),
+        "npv_ci": None,
+        "kappa": cohen_kappa(y, d),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+    if bootstrap > 0 and y.size:
+        draws = _bootstrap(y, s, d, bootstrap, rng_for(seed, key))
+        for name in ("auc", "ppv", "npv"):
+            if result[name] is not None:
+                result[f"{name}_ci"] = percentile_interval(draws[name])
+    for name in ("auc_ci", "sensitivity_ci", "specificity_ci", "ppv_ci", "npv_ci"):
+        if result[name] is not None:
+            result[name] = [float(result[name][0]), float(result[name][1])]
+    return result
+
+
+def decisions_for(cases: list[Case], thresholds: Thresholds | None) -> NDArray[np.bool_]:
+    """The operating point: the predictions' own `fracture`, or score >= the region's threshold."""
+    if thresholds is None:
+        missing = [c.source for c in cases if c.predicted is None]
+        if missing:
+            raise EvaluationError(
+                f"{len(missing)} predictions carry no 'fracture' decision (e.g. {missing[0]!r}): pass --thresholds"
+            )
+        return np.array([bool(c.predicted) for c in cases], dtype=bool)
+    return np.array([c.score >= thresholds.for_region(c.region)[0].threshold for c in cases], dtype=bool)
+
+
+def evaluate(cases: list[Case], decisions: Any, *, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """{"overall": metrics, "regions": {name: metrics}} (see `binary_metrics`)."""
+    if not cases:
+        raise EvaluationError('no labelled radiographs with an "ok" prediction to evaluate')
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    y = np.array([c.label for c in cases], dtype=bool)
+    s = np.array([c.score for c in cases], dtype=np.float64)
+    d = np.asarray(decisions, dtype=bool)
+    regions = np.array([c.region for c in cases])
+    out: dict[str, Any] = {
+        "overall": binary_metrics(y, s, d, bootstrap=bootstrap, seed=seed, key="overall"),
+        "regions": {},
+    }
+    for name in sorted(set(regions.tolist())):
+        mask = regions == name
+        out["regions"][name] = binary_metrics(
+            y[mask], s[mask], d[mask], bootstrap=bootstrap, seed=seed, key=f"region:{name}"
+        )
+    return out

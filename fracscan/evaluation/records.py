@@ -1,0 +1,239 @@
+"""Reading the two inputs of calibrate / evaluate: predictions JSONL and labels CSV.
+
+Both readers validate as they go, so a bad file fails with the file name and line number
+rather than with a confusing metric later on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fracscan.contract import UNKNOWN_REGION
+
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+MODEL_KEYS = ("model", "model_version", "spec", "ensemble")  # model identity keys in prediction rows
+
+
+class EvaluationError(ValueError):
+    """Bad input for calibrate / evaluate; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    source: str
+    line: int
+    status: str  # "ok" | "error"
+    score: float | None
+    fracture: bool | None
+    threshold: float | None
+    region: str
+    boxes: NDArray[np.float64]  # [K, 5] x0, y0, x1, y1, confidence
+    error: str | None = None
+    model: Any = None  # model identity keys found in the row, if any
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    source: str
+    fracture: bool
+    region: str | None  # overrides the predicted region when given
+    boxes: NDArray[np.float64]  # [B, 4] x0, y0, x1, y1
+    line: int
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _norm_region(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "_").replace("-", "_")
+    return text or None
+
+
+def read_predictions(path: str | Path) -> list[PredictionRow]:
+    """Read a `fracscan predict --format jsonl` file; errors name the file and line number."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: predictions file not found") from None
+    except IsADirectoryError:
+        raise EvaluationError(f"{path}: is a directory, expected a JSONL predictions file") from None
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not a UTF-8 text (JSONL) file") from None
+    rows: list[PredictionRow] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(raw, dict):
+            raise EvaluationError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        source = raw.get("source")
+        if not isinstance(source, str) or not source:
+            raise EvaluationError(f"{where}: needs a non-empty string 'source'")
+        if source in seen:
+            raise EvaluationError(f"{where}: source {source!r} already appeared on line {seen[source]}")
+        seen[source] = number
+        status = raw.get("status", "ok")
+        if status not in ("ok", "error"):
+            raise EvaluationError(f'{where}: \'status\' must be "ok" or "error", got {status!r}')
+        score = _number(raw.get("score"))
+        fracture = raw.get("fracture")
+        if status == "ok":
+            if score is None:
+                raise EvaluationError(f"{where}: status \"ok\" needs a finite number 'score', got {raw.get('score')!r}")
+            if fracture is not None and not isinstance(fracture, bool):
+                raise EvaluationError(f"{where}: 'fracture' must be true/false, got {fracture!r}")
+        else:
+            fracture = fracture if isinstance(fracture, bool) else None
+        boxes = _prediction_boxes(raw.get("boxes"), where) if status == "ok" else np.zeros((0, 5))
+        region = _norm_region(raw.get("region")) or UNKNOWN_REGION
+        identity = {k: raw[k] for k in MODEL_KEYS if raw.get(k) is not None}
+        model = next(iter(identity.values())) if len(identity) == 1 else (identity or None)
+        error = raw.get("error")
+        rows.append(
+            PredictionRow(
+                source,
+                number,
+                status,
+                score,
+                fracture,
+                _number(raw.get("threshold")),
+                region,
+                boxes,
+                None if error is None else str(error),
+                model,
+            )
+        )
+    return rows
+
+
+def _prediction_boxes(value: Any, where: str) -> NDArray[np.float64]:
+    if value is None:
+        return np.zeros((0, 5))
+    if not isinstance(value, list):
+        raise EvaluationError(f"{where}: 'boxes' must be a list of [x0, y0, x1, y1, confidence]")
+    rows: list[list[float]] = []
+    for box in value:
+        numbers = [_number(v) for v in box] if isinstance(box, list) else []
+        finite = [v for v in numbers if v is not None]
+        if len(finite) != 5 or len(numbers) != 5:
+            raise EvaluationError(f"{where}: each box must be [x0, y0, x1, y1, confidence], got {box!r}")
+        if finite[4] < 0:  # padding rows of the Triton BOXES tensor (confidence -1)
+            continue
+        rows.append(finite)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+
+_TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE = {"0", "0.0", "false", "no", "n", "f"}
+
+
+def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
+    """Read the labels CSV -> (one LabelRow per source, whether it has box columns).
+
+    Columns: `source`, `fracture` (1/0) required; `region` optional (overrides the predicted
+    region); `x0,y0,x1,y1` optional localisation labels, one box per row (repeat the source
+    on several rows for several boxes; leave them empty for a radiograph without a box).
+    """
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: labels file not found") from None
+    except IsADirectoryError:
+        raise EvaluationError(f"{path}: is a directory, expected a labels CSV") from None
+    with handle:
+        try:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise EvaluationError(f"{path}: empty labels file, expected a header 'source,fracture'")
+            columns = [h.strip().lower() for h in header]
+            missing = [c for c in ("source", "fracture") if c not in columns]
+            if missing:
+                raise EvaluationError(
+                    f"{path}: labels CSV needs the column(s) {', '.join(missing)} "
+                    f"(found: {', '.join(repr(c) for c in columns) or 'none'})"
+                )
+            present_box = [c for c in BOX_COLUMNS if c in columns]
+            if present_box and len(present_box) != 4:
+                raise EvaluationError(
+                    f"{path}: box labels need all of the columns x0,y0,x1,y1 (found {', '.join(present_box)})"
+                )
+            has_boxes = bool(present_box)
+            index = {c: columns.index(c) for c in ("source", "fracture", "region", *BOX_COLUMNS) if c in columns}
+            merged: dict[str, dict[str, Any]] = {}
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                cells = {name: row[i].strip() if i < len(row) else "" for name, i in index.items()}
+                where = f"{path} line {line}"
+                source = cells["source"]
+                if not source:
+                    raise EvaluationError(f"{where}: empty 'source'")
+                flag = cells["fracture"].lower()
+                if flag not in _TRUE | _FALSE:
+                    raise EvaluationError(f"{where}: 'fracture' must be 1 or 0, got {cells['fracture']!r}")
+                fracture = flag in _TRUE
+                region = _norm_region(cells.get("region"))
+                box = None
+                if has_boxes:
+                    values = [cells[c] for c in BOX_COLUMNS]
+                    if any(values):
+                        try:
+                            box = [float(v) for v in values]
+                        except ValueError:
+                            raise EvaluationError(
+                                f"{where}: box x0,y0,x1,y1 must be four numbers, got {values}"
+                            ) from None
+                        if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+                            raise EvaluationError(f"{where}: box needs x1 > x0 and y1 > y0, got {values}")
+                        if not fracture:
+                            raise EvaluationError(f"{where}: a fracture box on a row with fracture = 0")
+                entry = merged.get(source)
+                if entry is None:
+                    merged[source] = {"fracture": fracture, "region": region, "boxes": [], "line": line}
+                    entry = merged[source]
+                else:
+                    if entry["fracture"] != fracture:
+                        raise EvaluationError(
+                            f"{where}: {source!r} has fracture = {int(fracture)} here but {int(entry['fracture'])} on line {entry['line']}"
+                        )
+                    if region and entry["region"] and region != entry["region"]:
+                        raise EvaluationError(
+                            f"{where}: {source!r} has region {region!r} here but {entry['region']!r} on line {entry['line']}"
+                        )
+                    entry["region"] = entry["region"] or region
+                if box is not None:
+                    entry["boxes"].append(box)
+        except csv.Error as exc:
+            raise EvaluationError(f"{path} line {reader.line_num}: not a valid CSV ({exc})") from None
+        except UnicodeDecodeError:
+            raise EvaluationError(f"{path}: not a UTF-8 text (CSV) file") from None
+    if not merged:
+        raise EvaluationError(f"{path}: no label rows after the header")
+    labels = [
+        LabelRow(s, e["fracture"], e["region"], np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4), e["line"])
+        for s, e in merged.items()
+    ]
+    return labels, has_boxes
