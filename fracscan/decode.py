@@ -124,7 +124,9 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         arr = _rescale(arr, ds)
     arr = _to_gray(np.asarray(arr), "DICOM", copy=False)  # ds is ours: its pixels need no copy
     if photometric == "MONOCHROME1":  # stored inverted: low values are bright
-        arr = np.subtract(np.float32(float(arr.max()) + float(arr.min())), arr, out=arr if arr.flags.writeable else None)
+        arr = np.subtract(
+            np.float32(float(arr.max()) + float(arr.min())), arr, out=arr if arr.flags.writeable else None
+        )
     terms = tuple(str(ds.get(t, "")).strip() for t in REGION_TAGS if str(ds.get(t, "")).strip())
     uids = {
         key: str(ds.get(tag))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fracscan import contract
 from fracscan.decode import DecodeError, decode_image
@@ -30,7 +32,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Prepared:
-    pixels: np.ndarray  # [2, S, S] float32: plain, LCN
+    pixels: npt.NDArray[np.float32]  # [2, S, S]: plain, LCN
     geometry: Geometry
     region: str
     region_source: str  # "user", "dicom" or "unknown"
@@ -47,12 +49,16 @@ def prepare(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> Pr
     return Prepared(pixels, geometry, region, source)
 
 
-def combine(member_scores: list[float], member_maps: list[np.ndarray]) -> tuple[float, np.ndarray | None]:
+def combine(
+    member_scores: list[float], member_maps: list[npt.NDArray[np.float32]]
+) -> tuple[float, npt.NDArray[np.float32] | None]:
     """Step 3: the ensemble score and map."""
     return average_scores(np.asarray(member_scores)), average_maps(member_maps)
 
 
-def run_member(session, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def run_member(
+    session: Any, pixels: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
     """Step 2 for one member: [B, 2, S, S] -> scores [B], maps [B, S/8, S/8] or None."""
     outputs = session.run(None, {contract.MEMBER_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})
     names = [o.name for o in session.get_outputs()]
@@ -86,8 +92,8 @@ class ReferenceResult:
     region: str
     region_source: str
     fallback: bool
-    member_scores: np.ndarray
-    boxes: np.ndarray
+    member_scores: npt.NDArray[np.float32]
+    boxes: npt.NDArray[np.float32]
     latency_s: float
     level: str = "negative"
     definite_threshold: float | None = None

@@ -8,22 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from fracscan.contract import Level
 from fracscan.preprocess import Geometry
 
 
-def average_scores(member_scores: np.ndarray) -> float:
+def average_scores(member_scores: npt.ArrayLike) -> float:
     """Unweighted mean of the member probabilities."""
     return float(np.mean(np.asarray(member_scores, dtype=np.float64)))
 
 
-def average_maps(maps: list[np.ndarray]) -> np.ndarray | None:
+def average_maps(maps: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32] | None:
     """Unweighted mean over the members that produce a map (None when none does)."""
     if not maps:
         return None
-    return np.mean(np.stack([np.asarray(m, dtype=np.float32).reshape(m.shape[-2:]) for m in maps]), axis=0)
+    stacked = np.stack([np.asarray(m, dtype=np.float32).reshape(m.shape[-2:]) for m in maps])
+    mean: npt.NDArray[np.float32] = stacked.mean(axis=0, dtype=np.float32)
+    return mean
 
 
 class ThresholdsError(ValueError):
@@ -74,7 +77,7 @@ class Thresholds:
                 )
             except (TypeError, ValueError):
                 raise ThresholdsError(f"{where}: {name} thresholds must be numbers") from None
-            values = [p.threshold, p.map_threshold] + ([] if definite is None else [p.definite_threshold])
+            values = [p.threshold, p.map_threshold] + ([] if p.definite_threshold is None else [p.definite_threshold])
             if not all(0.0 <= v <= 1.0 for v in values):
                 raise ThresholdsError(f"{where}: {name} thresholds must lie in [0, 1], got {p}")
             return p
@@ -100,7 +103,9 @@ def _point_json(point: OperatingPoint) -> dict[str, float]:
     return {k: v for k, v in asdict(point).items() if v is not None}
 
 
-def extract_boxes(prob_map: np.ndarray, map_threshold: float, geometry: Geometry) -> np.ndarray:
+def extract_boxes(
+    prob_map: npt.NDArray[np.float32], map_threshold: float, geometry: Geometry
+) -> npt.NDArray[np.float32]:
     """Boxes around connected high-probability regions, in original pixel coordinates.
 
     The S/8 map is first upsampled bilinearly to the S x S frame (each map value sits at the
@@ -133,7 +138,7 @@ class Decision:
     threshold: float
     region: str
     fallback: bool  # the region has no calibrated threshold: the fallback one was applied
-    boxes: np.ndarray  # [K, 5]
+    boxes: npt.NDArray[np.float32]  # [K, 5]
     level: Level = "negative"  # the boxes inherit it
     definite_threshold: float | None = None  # the one applied, never below `threshold`
 
@@ -151,7 +156,7 @@ def level_for(score: float, point: OperatingPoint) -> tuple[Level, float | None]
 
 
 def decide(
-    score: float, prob_map: np.ndarray | None, region: str, geometry: Geometry, thresholds: Thresholds
+    score: float, prob_map: npt.NDArray[np.float32] | None, region: str, geometry: Geometry, thresholds: Thresholds
 ) -> Decision:
     """Fracture iff score >= the region's threshold; boxes only for a positive radiograph."""
     point, fallback = thresholds.for_region(region)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 from scipy import sparse
 
 from fracscan.spec import PreprocessSpec
@@ -54,12 +56,12 @@ class Geometry:
     pad_left: int
     size: int
 
-    def to_array(self) -> np.ndarray:
+    def to_array(self) -> NDArray[Any]:
         return np.asarray(astuple(self), dtype=np.float32)
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> Geometry:
-        return cls(*(int(round(float(v))) for v in np.asarray(values).reshape(-1)[:9]))
+    def from_array(cls, values: NDArray[Any]) -> Geometry:
+        return cls(*(round(float(v)) for v in np.asarray(values).reshape(-1)[:9]))
 
     @property
     def scale_y(self) -> float:
@@ -69,7 +71,7 @@ class Geometry:
     def scale_x(self) -> float:
         return self.resized_w / (self.x1 - self.x0)
 
-    def frame_to_original(self, xy: np.ndarray) -> np.ndarray:
+    def frame_to_original(self, xy: NDArray[Any]) -> NDArray[Any]:
         """Map points [..., (x, y)] in frame pixel coordinates to original pixel coordinates.
 
         Coordinates are continuous (pixel i spans [i, i+1)); results are clipped to the crop.
@@ -79,7 +81,7 @@ class Geometry:
         y = self.y0 + (xy[..., 1] - self.pad_top) / self.scale_y
         return np.stack([np.clip(x, self.x0, self.x1), np.clip(y, self.y0, self.y1)], axis=-1)
 
-    def original_to_frame(self, xy: np.ndarray) -> np.ndarray:
+    def original_to_frame(self, xy: NDArray[Any]) -> NDArray[Any]:
         xy = np.asarray(xy, dtype=np.float64)
         x = (xy[..., 0] - self.x0) * self.scale_x + self.pad_left
         y = (xy[..., 1] - self.y0) * self.scale_y + self.pad_top
@@ -89,7 +91,7 @@ class Geometry:
 _CROP_WORK_SIDE = 512  # crop statistics are computed on a block-averaged copy of this size
 
 
-def _block_mean(img: np.ndarray, side: int) -> tuple[np.ndarray, int]:
+def _block_mean(img: NDArray[Any], side: int) -> tuple[NDArray[Any], int]:
     """Average non-overlapping k x k blocks so the long side is <= side (suppresses noise).
 
     OpenCV's area resampling by an integer factor is exactly the block average; the last
@@ -102,7 +104,7 @@ def _block_mean(img: np.ndarray, side: int) -> tuple[np.ndarray, int]:
     return cv2.resize(img[:h, :w], (w // k, h // k), interpolation=cv2.INTER_AREA), k
 
 
-def content_span(fraction: np.ndarray, strong: float, weak: float) -> tuple[int, int] | None:
+def content_span(fraction: NDArray[Any], strong: float, weak: float) -> tuple[int, int] | None:
     """First/last index whose content fraction >= strong, grown while neighbours stay >= weak.
 
     Hysteresis keeps faint anatomy at the edges (a fingertip) while a burned-in marker,
@@ -119,7 +121,7 @@ def content_span(fraction: np.ndarray, strong: float, weak: float) -> tuple[int,
     return lo, hi + 1
 
 
-def find_crop(img: np.ndarray) -> tuple[int, int, int, int]:
+def find_crop(img: NDArray[Any]) -> tuple[int, int, int, int]:
     """Return (y0, x0, y1, x1): the box that removes black / collimation borders.
 
     Works on row and column statistics of a denoised copy: a pixel is "content" if it is
@@ -131,7 +133,7 @@ def find_crop(img: np.ndarray) -> tuple[int, int, int, int]:
     return _crop_box(*_block_mean(img, _CROP_WORK_SIDE), img.shape)
 
 
-def _crop_box(small: np.ndarray, k: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def _crop_box(small: NDArray[Any], k: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     h, w = shape
     small = cv2.medianBlur(small, 3)  # 3 x 3 median; its border is replicated (scipy's "nearest")
     lo, hi = np.percentile(small, [1.0, 99.5])
@@ -160,7 +162,7 @@ def _crop_box(small: np.ndarray, k: int, shape: tuple[int, ...]) -> tuple[int, i
     return y0, x0, y1, x1
 
 
-def percentiles(sample: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
+def percentiles(sample: NDArray[Any], q: tuple[float, ...]) -> tuple[float, ...]:
     """np.percentile(sample, q) (linear interpolation), exactly, from a histogram when the values are 16-bit integers.
 
     Decoded radiographs are integers (stored as float32); counting them with OpenCV's 16-bit
@@ -183,7 +185,7 @@ def percentiles(sample: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _intensity_range(img: np.ndarray) -> tuple[float, float]:
+def _intensity_range(img: NDArray[Any]) -> tuple[float, float]:
     """Robust black/white points (0.5 / 99.5 percentiles) of every step-th pixel (~1-2M samples)."""
     step = max(1, int(np.sqrt(img.size / 1_000_000)))
     lo, hi = percentiles(img[::step, ::step], (0.5, 99.5))
@@ -204,13 +206,15 @@ def _lcn_grid_factor(spec: PreprocessSpec) -> int:
     return factor
 
 
-def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+def _gaussian(x: NDArray[Any], sigma: float) -> NDArray[Any]:
     """scipy.ndimage.gaussian_filter(x, sigma, mode="reflect") (radius 4 sigma), with OpenCV."""
     radius = int(4.0 * sigma + 0.5)
     return cv2.GaussianBlur(x, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REFLECT)
 
 
-def local_contrast_normalize(plain: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+def local_contrast_normalize(
+    plain: NDArray[Any], spec: PreprocessSpec, out: NDArray[Any] | None = None
+) -> NDArray[Any]:
     """Gaussian-weighted LCN of a [-1, 1] S x S image, clipped and rescaled to [-1, 1].
 
     lcn = clip((x - mean) / max(std, floor), -clip, clip) / clip, with mean and std the
@@ -266,9 +270,7 @@ def _bilinear_weights(in_size: int, out_size: int) -> sparse.csr_matrix:
     weights /= weights.sum(axis=1, keepdims=True)
     keep = weights > 0
     rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
-    matrix = sparse.csr_matrix(
-        (weights[keep].astype(np.float32), (rows[keep], cols[keep])), shape=(out_size, in_size)
-    )
+    matrix = sparse.csr_matrix((weights[keep].astype(np.float32), (rows[keep], cols[keep])), shape=(out_size, in_size))
     return matrix
 
 
@@ -288,7 +290,7 @@ def _row_bands(in_size: int, out_size: int) -> tuple[tuple[int, int, int, int, s
     return tuple(bands)
 
 
-def _resample(crop: np.ndarray, lo: float, hi: float, rh: int, rw: int, window: np.ndarray) -> None:
+def _resample(crop: NDArray[Any], lo: float, hi: float, rh: int, rw: int, window: NDArray[Any]) -> None:
     """window = the crop clipped to [lo, hi], resized to rh x rw, scaled to [-1, 1].
 
     The pixels are clipped *before* resizing, as the [0, 1] image always was. The resize is
@@ -307,7 +309,7 @@ def _resample(crop: np.ndarray, lo: float, hi: float, rh: int, rw: int, window: 
         if narrow:
             chunk = np.clip(crop[a:b], lo, hi, out=scratch[: b - a])
         else:
-            chunk = cv2.max(crop[a:b], lo, dst=scratch[: b - a])
+            chunk = cv2.max(crop[a:b], lo, dst=scratch[: b - a])  # type: ignore[call-overload]
             chunk = cv2.threshold(chunk, hi, 0.0, cv2.THRESH_TRUNC, dst=chunk)[1]  # min(x, hi)
         resized[r0:r1] = (columns @ (rows @ chunk).T).T
     scale = 2.0 / (hi - lo)
@@ -316,7 +318,7 @@ def _resample(crop: np.ndarray, lo: float, hi: float, rh: int, rw: int, window: 
     np.clip(window, -1.0, 1.0, out=window)
 
 
-def _checked_block_mean(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _checked_block_mean(img: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], int]:
     """(image, its block mean, k) with NaN and +-inf set to 0; raise EmptyImageError if it is all black.
 
     The block mean reads every pixel but the last h % k rows and w % k columns, and NaN or inf
@@ -334,7 +336,7 @@ def _checked_block_mean(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return img, small, k
 
 
-def preprocess(img: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+def preprocess(img: NDArray[Any], spec: PreprocessSpec) -> tuple[NDArray[Any], Geometry]:
     """Crop, resize (long side S, anti-aliased), pad to S x S; return ([2, S, S], geometry)."""
     img = np.asarray(img)
     if img.ndim != 2 or img.size == 0:

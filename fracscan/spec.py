@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fracscan import contract
 
@@ -122,7 +122,7 @@ def load_spec(path: str | Path) -> EnsembleSpec:
     return parse_spec(raw, path)
 
 
-def parse_spec(raw: dict, path: Path | str = "<spec>") -> EnsembleSpec:
+def parse_spec(raw: dict[str, Any], path: Path | str = "<spec>") -> EnsembleSpec:
     pre_raw = raw.get("preprocess", {})
     unknown = set(pre_raw) - set(PreprocessSpec.__dataclass_fields__)
     if unknown:
@@ -170,7 +170,7 @@ def parse_spec(raw: dict, path: Path | str = "<spec>") -> EnsembleSpec:
     )
 
 
-def spec_to_dict(spec: EnsembleSpec) -> dict:
+def spec_to_dict(spec: EnsembleSpec) -> dict[str, Any]:
     """The TOML-ready form of a spec (unset optional member fields are left out)."""
     return {
         "name": spec.name,

@@ -11,8 +11,20 @@ from pathlib import Path
 from conftest import REPOSITORY, ROOT
 
 BENCH = ROOT / "benchmarks" / "bench.py"
-KEYS = {"machine", "repository", "inputs", "inprocess", "triton", "naive", "client_cost", "memory",
-        "triton_over_inprocess", "triton_over_naive"}
+KEYS = {
+    "machine",
+    "repository",
+    "inputs",
+    "prepare",
+    "full_size_members",
+    "inprocess",
+    "triton",
+    "naive",
+    "client_cost",
+    "memory",
+    "triton_over_inprocess",
+    "triton_over_naive",
+}
 
 
 def _positive(value) -> bool:
@@ -22,14 +34,25 @@ def _positive(value) -> bool:
 def test_quick_benchmark_prints_a_json_report(tmp_path):
     run = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--repository", str(REPOSITORY), "--logdir", str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     report = json.loads(lines[-1])  # the LAST line is the JSON object
-    assert KEYS <= set(report), KEYS - set(report)
+    assert set(report) >= KEYS, KEYS - set(report)
     assert report["quick"] is True
     assert Path(report["repository"]) == REPOSITORY.resolve()
+
+    prepare = report["prepare"]
+    assert prepare["size"] == 1024 and "dx_uncompressed" in prepare["inputs"] and "dx_png" in prepare["inputs"]
+    for v in prepare["inputs"].values():  # fast vs the frozen scipy reference, same run
+        assert all(_positive(v[k]) for k in ("decode_ms", "prepare_ms", "reference_prepare_ms", "preprocess_ratio"))
+        assert v["mad_plain"] <= 0.005 and v["mad_lcn"] <= 0.005 and v["geometry_equal"]
+    assert _positive(prepare["min_preprocess_ratio"]) and _positive(prepare["dx_uncompressed_radiographs_per_core_s"])
+    assert report["full_size_members"]["skipped"].startswith("--quick")  # exporting them takes minutes
 
     assert _positive(report["inprocess"]["images_per_s"])
     assert all(_positive(v["images_per_s"]) for v in report["inprocess"]["variants"])

@@ -8,20 +8,21 @@ on the [-1, 1] channels, and the same crop and geometry (within 2 pixels).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from conftest import ROOT
 from PIL import Image, ImageDraw
 
-from conftest import ROOT
 from fracscan.decode import decode_image
 from fracscan.preprocess import EmptyImageError, find_crop, percentiles, preprocess
 from fracscan.spec import PreprocessSpec
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from reference_preprocess import find_crop as reference_find_crop  # noqa: E402
-from reference_preprocess import reference_preprocess  # noqa: E402
+from reference_preprocess import find_crop as reference_find_crop
+from reference_preprocess import reference_preprocess
 
 FULL = PreprocessSpec()  # S = 1024, sigma 16: LCN's moments on the coarse grid
 DEMO = PreprocessSpec(size=128, lcn_sigma=2.0)  # the demo's frame: LCN at full resolution
@@ -67,7 +68,7 @@ def test_parity_on_nema_radiographs(name):
     path = pydicom.data.get_testdata_file(name)
     if path is None:
         pytest.skip("the NEMA WG04 images come with the pydicom-data package")
-    img = decode_image(open(path, "rb").read()).pixels
+    img = decode_image(Path(path).read_bytes()).pixels
     for spec in (FULL, DEMO):
         assert_parity(img, spec)
 
