@@ -23,12 +23,18 @@ CSV_FIELDS = ["source", "status", "score", "fracture", "threshold", "region", "r
 OVERLAY_NOTICE_WIDTH = 50  # characters a line: the notice stays inside a small radiograph
 
 
+def printable(text: str) -> str:
+    """A path as text every output can hold: bytes of a file name that are not UTF-8 (which Python
+    keeps as surrogate escapes) become `\\xNN`, the same way every time (so --resume finds them)."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
     """The one row every format writes for an input (errors keep the same keys, empty)."""
     if result.ok:
         d = result.to_dict()
         return {
-            "source": d["source"],
+            "source": printable(d["source"]),
             "status": "ok",
             # Unrounded: calibration compares these with thresholds exactly as the server does.
             "score": d["score"],
@@ -43,14 +49,17 @@ def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
             "error": None,
         }
     return {
-        "source": result.source,
+        "source": printable(result.source),
         "status": "error",
         "score": None,
         "fracture": None,
         "threshold": None,
         "region": None,
         "region_source": None,
+        "fallback": None,
         "boxes": [],
+        "member_spread": None,
+        "model": None,
         "error": result.error,
     }
 
@@ -72,7 +81,9 @@ class Writer:
         if self.fmt is OutputFormat.jsonl:
             self.stream.write(json.dumps(row) + "\n")
         elif self.fmt is OutputFormat.csv:
-            self.csv.writerow({**row, "boxes": json.dumps(row["boxes"])})
+            # 1/0 like the label files, so a results CSV reads back as one
+            flag = {True: 1, False: 0}.get(row["fracture"], "")
+            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"])})
         elif self.fmt is OutputFormat.json:
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
         else:
@@ -88,14 +99,18 @@ class Writer:
 
 
 def results_table(rows: list[dict[str, Any]]) -> Table:
+    """The results as a table; an error row shows its reason, and the fallback footnote appears only
+    when some row has the asterisk it explains."""
+    fallback = any(r.get("fallback") for r in rows)
     table = Table(
         title="fracscan predictions",
         title_style="bold",
-        caption="* no calibrated threshold for the region: fallback applied",
+        caption="* no calibrated threshold for the region: fallback applied" if fallback else None,
     )
     table.add_column("source", overflow="fold")  # paths wrap rather than vanish on narrow terminals
     for col in ("score", "thr.", "result", "region", "boxes"):
-        table.add_column(col, justify="right" if col in ("score", "thr.", "boxes") else "left", no_wrap=True)
+        right = col in ("score", "thr.", "boxes")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "result", overflow="fold")
     for r in rows:
         source = escape(r["source"])  # a path with [brackets] is a path, not markup
         if r["status"] == "ok":
@@ -103,7 +118,7 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
             region = escape(r["region"]) + ("*" if r.get("fallback") else "")
             table.add_row(source, f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
         else:
-            table.add_row(source, "", "", "[red]error[/]", "", "")
+            table.add_row(source, "", "", f"[red]error:[/] {escape(r['error'] or '')}", "", "")
     return table
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,7 +23,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fracscan.cli._predict_output import Writer, overlay_notice, result_row, write_overlay
+from fracscan.cli._predict_output import Writer, overlay_notice, printable, result_row, write_overlay
+from fracscan.cli._predict_pacs import PacsScorer, check_options, dicomweb_sources
 from fracscan.cli.console import OutputFormat, err, fail, failed_input, note, out, show_provenance, warn
 from fracscan.client import FracScanClient, FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.decode import DecodeError, sniff_kind
@@ -32,8 +35,8 @@ IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".
 
 def predict(
     paths: Annotated[
-        list[str], typer.Argument(help="Files, folders (searched recursively) or globs.", show_default=False)
-    ],
+        list[str] | None, typer.Argument(help="Files, folders (searched recursively) or globs.", show_default=False)
+    ] = None,
     url: Annotated[
         str, typer.Option(help="Server URL(s), comma-separated; http://, https://, grpc:// or grpcs://.")
     ] = "http://localhost:8000",
@@ -48,7 +51,7 @@ def predict(
     repository: Annotated[Path, typer.Option(help="Model repository for --embedded.")] = DEMO_REPOSITORY,
     fmt: Annotated[
         OutputFormat | None,
-        typer.Option("--format", help="Output format [default: table on a terminal, else jsonl].", show_default=False),
+        typer.Option("--format", help="Output format.", show_default="table on a terminal, else jsonl"),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
@@ -59,6 +62,18 @@ def predict(
     overlay_dir: Annotated[
         Path | None, typer.Option(help="Write a PNG per input with the boxes and score drawn.")
     ] = None,
+    sr_dir: Annotated[
+        Path | None, typer.Option(help="Write a DICOM SR, GSPS and Secondary Capture per scored DICOM input here.")
+    ] = None,
+    dicomweb: Annotated[
+        str | None, typer.Option(help="Score studies on this DICOMweb server (WADO-RS) instead of SOURCES.")
+    ] = None,
+    study: Annotated[
+        list[str] | None, typer.Option(help="With --dicomweb: a Study Instance UID to score (repeat the option).")
+    ] = None,
+    store: Annotated[
+        bool, typer.Option(help="With --dicomweb: send the SR, GSPS and SC back into the study (STOW-RS).")
+    ] = False,
 ) -> None:
     """Score radiographs (DICOM, PNG, JPEG, TIFF, .npy) and print or save one result per input.
 
@@ -66,7 +81,11 @@ def predict(
     """
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
     done = resume_state(output, fmt) if resume else set()
-    sources = [s for s in discover(paths) if s not in done]
+    check_options(paths, dicomweb, study, store)
+    found = dicomweb_sources(dicomweb, study or []) if dicomweb else discover(paths or [])
+    sources = [s for s in found if printable(_label(s)) not in done]
+    if resume and output is not None:
+        drop_stale_errors(output, {printable(_label(s)) for s in sources})
     if done:
         note(f"Resuming: {len(done)} inputs already scored in {output}, {len(sources)} to go.")
     if overlay_dir:
@@ -78,33 +97,72 @@ def predict(
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
         writer = Writer(fmt, stream, append=bool(done))
         overlays = Overlays(overlay_dir, overlay_notice(record)) if overlay_dir else None
-        results = score(client, sources, writer, overlays, region=region, concurrency=concurrency)
+        scorer = PacsScorer.wrap(client, record, sr_dir, dicomweb, store)
+        results = score(scorer, sources, writer, overlays, region=region, concurrency=concurrency)
         writer.close(out if stream is sys.stdout else Console(file=stream))
     summarize(results, writer.count, skipped=len(done))
     raise typer.Exit(1 if results.failures else 0)
 
 
-def discover(paths: list[str]) -> Iterator[str]:
-    """Files as given; folders recursively (sorted, hidden entries skipped); globs expanded."""
+def discover(paths: list[str]) -> list[str | PredictionError]:
+    """Files as given; folders recursively (sorted, hidden entries and non-regular files skipped); globs
+    expanded. Each file once, however often it is named or matched (by resolved path); a glob matching
+    nothing is an error row of its own."""
+    found: list[str | PredictionError] = []
+    seen: set[str] = set()
+
+    def add(path: str) -> None:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
     for raw in paths:
-        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        matches = expand_glob(raw) if glob.has_magic(raw) else [raw]
         if not matches:
-            yield raw  # reported as "file not found" by the client, like any missing file
+            found.append(PredictionError(raw, f"no file matches {raw}", "input"))
         for match in matches:
             path = Path(match)
-            if path.is_dir():
-                for root, dirs, files in os.walk(path):
-                    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                    for name in sorted(files):
-                        candidate = Path(root) / name
-                        if not name.startswith(".") and _looks_like_image(candidate):
-                            yield str(candidate)
-            else:
-                yield str(path)
+            if not path.is_dir():
+                add(str(path))  # a missing or non-regular file is reported by the client
+                continue
+            for root, dirs, files in os.walk(path):  # does not follow symlinked folders
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    candidate = Path(root) / name
+                    if not name.startswith(".") and _looks_like_image(candidate):
+                        add(str(candidate))
+    return found
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """The glob's matches, sorted; names starting with "." only when the pattern asks for them.
+
+    pathlib's `**` does not descend into symlinked folders (the glob module's does, so a link to a
+    parent repeated every file up to the 40-link limit).
+    """
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base, rest = Path(*parts[:first]) if first else Path(), Path(*parts[first:])
+    hidden = any(part.startswith(".") for part in rest.parts)
+    try:
+        matches = [
+            m for m in base.glob(str(rest)) if hidden or not any(p.startswith(".") for p in m.relative_to(base).parts)
+        ]
+    except (OSError, ValueError):  # an unreadable base folder, or a pattern pathlib refuses
+        return []
+    return sorted(str(m) for m in matches)
+
+
+def _label(item: str | PredictionError) -> str:
+    return item.source if isinstance(item, PredictionError) else item
 
 
 def _looks_like_image(path: Path) -> bool:
-    """In folders: known suffix, or recognised by content (DICOM files often have no suffix)."""
+    """In folders: a regular file (a FIFO would block the scan), with a known suffix or recognised by
+    content (DICOM files often have no suffix)."""
+    if not path.is_file():
+        return False
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     try:
@@ -115,28 +173,52 @@ def _looks_like_image(path: Path) -> bool:
 
 
 def resume_state(output: Path | None, fmt: OutputFormat) -> set[str]:
-    """Sources with status ok in the JSONL output of an interrupted run (--resume).
-
-    A last line cut short by the interruption is removed, so appending starts on a fresh line.
-    """
+    """Sources with status ok in the JSONL output of an interrupted run (--resume)."""
     if output is None or fmt is not OutputFormat.jsonl:
         fail("--resume needs --output FILE with --format jsonl")
     done: set[str] = set()
     if not output.exists():
         return done
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(output, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-    with open(output) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("status") == "ok":
-                done.add(row.get("source"))
+    for line in output.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("status") == "ok":
+            done.add(row.get("source"))
     return done
+
+
+def drop_stale_errors(output: Path, retried: set[str]) -> None:
+    """Before appending, remove the error rows of the inputs scored again now and a last line cut short
+    by the interruption, so every input appears once (as `evaluate` and `calibrate` require).
+
+    The file is rewritten atomically (a temporary file beside it, then a rename): an interrupted
+    resume leaves the old file or the new one, never half of one.
+    """
+    if not output.exists():
+        return
+    data = output.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()
+    kept = [line for line in lines if not _is_error_row_of(line, retried)]
+    if len(kept) == len(lines) and data.endswith(b"\n"):
+        return
+    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", delete=False) as tmp:
+        tmp.writelines(kept)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    shutil.copymode(output, tmp.name)
+    os.replace(tmp.name, output)
+
+
+def _is_error_row_of(line: bytes, sources: set[str]) -> bool:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(row, dict) and row.get("status") == "error" and row.get("source") in sources
 
 
 @contextmanager
@@ -198,14 +280,17 @@ class Scored:
 
 def score(
     client: FracScanClient,
-    sources: list[str],
+    sources: list[str | PredictionError],
     writer: Writer,
     overlays: Overlays | None,
     *,
     region: str | None,
     concurrency: int,
 ) -> Scored:
-    """Score every source in order, writing each row as it arrives; a lost server ends the run (exit 2)."""
+    """Score every source in order, writing each row as it arrives; a lost server ends the run (exit 2).
+
+    Inputs already known to fail (a glob matching nothing) keep their place in the order.
+    """
     scored = Scored(started=time.perf_counter())
     progress = Progress(
         TextColumn("scoring"),
@@ -218,7 +303,9 @@ def score(
     with progress:
         task = progress.add_task("scoring", total=len(sources))
         try:
-            for result in client.predict_many(sources, region=region, concurrency=concurrency):
+            files = [s for s in sources if isinstance(s, str)]
+            answers = iter(client.predict_many(files, region=region, concurrency=concurrency))
+            for result in (s if isinstance(s, PredictionError) else next(answers) for s in sources):
                 writer.write(result_row(result))
                 progress.advance(task)
                 if not result.ok:
@@ -239,7 +326,7 @@ def summarize(scored: Scored, written: int, skipped: int) -> None:
     elapsed = time.perf_counter() - scored.started
     ok = written - len(scored.failures)
     for failure in scored.failures:
-        failed_input(failure.source, failure.error)
+        failed_input(printable(failure.source), failure.error)
     note(
         f"scored {ok}, positives {scored.positives}, failed {len(scored.failures)}"
         f"{f', skipped {skipped} (resume)' if skipped else ''} in {elapsed:.1f} s"

@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pydicom
 
 from fracscan.client.models import InvalidInput
-from fracscan.decode import DecodeError, decode_image, read_dicom_header, sniff_kind
+from fracscan.decode import (
+    DecodeError,
+    declared_dimensions,
+    decode_image,
+    dicom_error_reason,
+    read_dicom_header,
+    sniff_kind,
+)
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, pydicom.Dataset]
+Source = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | pydicom.Dataset
 
 UID_TAGS = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID"}
+HEAD_BYTES = 132  # enough to recognise every format (DICOM's magic ends at byte 132)
+UNRECOGNISED = "unrecognised image format: expected DICOM Part-10 (with 'DICM' preamble), PNG, JPEG, TIFF or .npy"
 
 
 @dataclass(frozen=True)
@@ -81,19 +90,18 @@ def compact_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
-    """Cheap checks on encoded bytes: known format by magic bytes; for DICOM, a readable header of
-    a single-frame image SOP class with pixel data. Returns (kind, DICOM UIDs)."""
+    """Cheap checks on encoded bytes: known format by magic bytes; the declared size within the pixel
+    limit (PNG / JPEG / TIFF / .npy headers); for DICOM, a readable header of a single-frame image SOP
+    class with pixel data and Rows / Columns within the limit. Returns (kind, DICOM UIDs)."""
     if not data:
         raise InvalidInput("empty input: no bytes to send", source=label)
-    kind = sniff_kind(data[:132])
+    kind = sniff_kind(data[:HEAD_BYTES])
     if kind is None:
-        raise InvalidInput(
-            "unrecognised image format: expected DICOM Part-10 (with 'DICM' preamble), PNG, JPEG, TIFF or .npy",
-            source=label,
-        )
-    if kind != "dicom":
-        return kind, {}
+        raise InvalidInput(UNRECOGNISED, source=label)
     try:
+        if kind != "dicom":
+            declared_dimensions(data, kind)
+            return kind, {}
         ds = read_dicom_header(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
@@ -102,17 +110,7 @@ def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
 
 def _raw_bytes(source: Source, label: str) -> bytes:
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise InvalidInput("file not found", source=label) from None
-        except IsADirectoryError:
-            raise InvalidInput("is a directory, not a file", source=label) from None
-        except PermissionError:
-            raise InvalidInput("file is not readable (permission denied)", source=label) from None
-        except OSError as exc:
-            raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=label) from None
+        return _read_file(Path(source), label)
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     if isinstance(source, np.ndarray):
@@ -129,6 +127,36 @@ def _raw_bytes(source: Source, label: str) -> bytes:
     )
 
 
+def _read_file(path: Path, label: str) -> bytes:
+    """The file's bytes: its head first, and the rest only when the head is a known format.
+
+    Opened without blocking and checked to be a regular file, so a FIFO or a device named as an
+    input is refused instead of hanging the run; a large file of another kind costs 132 bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidInput("file not found", source=label) from None
+    except PermissionError:
+        raise InvalidInput("file is not readable (permission denied)", source=label) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=label) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise InvalidInput("is a directory, not a file", source=label)
+        raise InvalidInput("not a regular file (a FIFO, socket or device cannot be scored)", source=label)
+    with open(fd, "rb") as f:
+        try:
+            head = f.read(HEAD_BYTES)
+            if head and sniff_kind(head) is None:
+                raise InvalidInput(UNRECOGNISED, source=label)
+            return head + f.read()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=label) from None
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
@@ -143,18 +171,8 @@ def _dataset_bytes(ds: pydicom.Dataset, label: str) -> bytes:
     try:
         pydicom.dcmwrite(buf, ds, enforce_file_format=True, **encoding)
     except Exception as exc:  # missing SOP Class / Instance UID, inconsistent encoding, bad values...
-        reason = _scrub(f"{type(exc).__name__}: {exc}", ds)
-        raise InvalidInput(f"cannot write the dataset as DICOM Part-10: {reason}", source=label) from None
+        # The reason names the exception and the attribute, never a value (pydicom quotes the element).
+        raise InvalidInput(
+            f"cannot write the dataset as DICOM Part-10: {dicom_error_reason(exc, ds)}", source=label
+        ) from None
     return buf.getvalue()
-
-
-PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate")
-
-
-def _scrub(message: str, ds: pydicom.Dataset) -> str:
-    """A pydicom message may quote a value: never let it quote a patient identifier."""
-    for tag in PATIENT_TAGS:
-        value = str(ds.get(tag, "") or "").strip()
-        if value:
-            message = message.replace(value, "***")
-    return message

@@ -2,7 +2,10 @@
 
 One home for decoding: the server's `preprocess` model, the in-process reference and the
 client's optional client-side decoding all call `decode_image`. Errors are `DecodeError`
-with a message that says what is wrong with the input (never patient identifiers).
+with a message that says what is wrong with the input (never patient identifiers, never a
+pydicom element repr or traceback). Hostile input is refused before it costs memory: the pixel
+count each format declares is checked before decoding, and a deflated DICOM is
+inflated only up to what its declared image needs.
 """
 
 from __future__ import annotations
@@ -10,22 +13,174 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+import re
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.encaps import generate_fragments
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+__all__ = [
+    "DecodeError",
+    "DecodedImage",
+    "check_dicom_image",
+    "decode_image",
+    "max_pixels",
+    "read_dicom_header",
+    "sniff_kind",
+]
 
 # DICOM tags whose values may name the anatomical region, most specific first.
 REGION_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName")
+PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_FIRST_PIXEL_TAG = 0x7FE00008  # FloatPixelData; DoubleFloatPixelData and PixelData follow
+# Values that identify the patient or the study: scrubbed from any message that could quote them.
+IDENTIFYING_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs", "OtherPatientNames",
+    "PatientAddress", "PatientTelephoneNumbers", "StudyID", "InstitutionName", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "AdmissionID",
+)  # fmt: skip
+# The elements before the pixel data of a deflated DICOM are inflated up to this size to read the
+# declared image; real headers are a few KiB (a large private block or icon image: a few hundred).
+DEFLATED_HEADER_LIMIT = 16 << 20
+DEFLATED_TRAILER_SLACK = 1 << 20  # elements after the pixel data (e.g. trailing padding)
 
-Image.MAX_IMAGE_PIXELS = 20000 * 20000  # radiographs can be large, but not a decompression bomb
+# The pixel limit. The largest radiographs in clinical use are stitched full-leg / whole-spine images,
+# about 43 x 130 cm at 0.1-0.15 mm a pixel (~ 4,300 x 13,000 = 56 megapixels); single flat-panel
+# exposures are 9-18 MP and digital mammograms ~ 30 MP. 100 MP admits all of them with room to
+# spare, and bounds one decoded image to 400 MB of float32 (FRACSCAN_MAX_PIXELS to change it).
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "FRACSCAN_MAX_PIXELS"
+# The smallest side accepted: below it there is no radiograph to score (a 1 x 1 "image" is a mistake).
+MIN_SIDE = 8
+# JPEG frame headers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's SOF55: all declare height, then width.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 class DecodeError(ValueError):
     """The bytes are not a decodable single-frame grayscale radiograph."""
+
+
+def max_pixels() -> int:
+    """The pixel limit: FRACSCAN_MAX_PIXELS (read at each call, so a server's environment sets it), else 100 MP."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def check_dimensions(width: int, height: int, what: str) -> None:
+    """Refuse an image too large (above the pixel limit) or too small to be a radiograph, from its size alone."""
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"{what}: the image has no pixels ({width} x {height})")
+    limit = max_pixels()
+    if width * height > limit:
+        raise DecodeError(
+            f"{what} image too large: {width} x {height} = {width * height / 1e6:.0f} megapixels, above the "
+            f"limit of {limit / 1e6:g} megapixels ({MAX_PIXELS_ENV})"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise DecodeError(f"{what} image too small: {width} x {height} pixels, at least {MIN_SIDE} a side expected")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first JPEG / JPEG-LS frame header, walking the markers before it."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        if marker in _JPEG_SOF and i + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _j2k_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG 2000 codestream's SIZ marker, or a JP2 file's image header box."""
+    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:
+        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", data[8:24])
+        return xsiz - x0, ysiz - y0
+    if data.startswith(_JP2_SIGNATURE) and (at := data.find(b"ihdr", 0, 4096)) >= 0 and len(data) >= at + 12:
+        height, width = struct.unpack(">II", data[at + 4 : at + 12])
+        return width, height
+    return None
+
+
+def _npy_size(data: bytes) -> tuple[int, int] | None:
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape = read_header(fp)[0]
+    except (ValueError, OSError, EOFError):
+        return None  # np.load reports it
+    return (shape[1], shape[0]) if len(shape) == 2 else None
+
+
+def declared_dimensions(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Check the (width, height) an encoded PNG, JPEG, TIFF or .npy declares, before decoding; return it.
+
+    PNG's IHDR and JPEG's frame header are read here; TIFF through Pillow's lazy open (which reads
+    only the directory). None when the header cannot be read (the decoder then says why).
+    """
+    size: tuple[int, int] | None = None
+    if kind == "png" and data[12:16] == b"IHDR" and len(data) >= 24:
+        size = struct.unpack(">II", data[16:24])
+    elif kind == "jpeg":
+        size = _jpeg_size(data)
+    elif kind == "npy":
+        size = _npy_size(data)
+    elif kind == "tiff":
+        Image.MAX_IMAGE_PIXELS = max_pixels()
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                size = img.size
+        except Image.DecompressionBombError:
+            raise DecodeError(f"TIFF image too large: above the limit of {max_pixels() / 1e6:g} megapixels") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return None
+    if size is not None:
+        check_dimensions(size[0], size[1], kind.upper() if kind != "npy" else ".npy")
+    return size
+
+
+def check_encapsulated_frame(pixel_data: bytes) -> None:
+    """The size the first compressed frame of DICOM pixel data declares (JPEG, JPEG-LS, JPEG 2000): its
+    codec allocates that, whatever Rows and Columns say."""
+    try:
+        fragment = next(generate_fragments(pixel_data[8 + int.from_bytes(pixel_data[4:8], "little") :]), b"")
+    except (ValueError, StopIteration, struct.error):
+        return  # pydicom's decoder reports a broken encapsulation
+    size = _jpeg_size(fragment) if fragment.startswith(b"\xff\xd8") else _j2k_size(fragment)
+    if size is not None:
+        check_dimensions(size[0], size[1], "DICOM compressed frame")
+
+
+Image.MAX_IMAGE_PIXELS = max_pixels()  # never above our own limit (Pillow's is a second line)
 
 
 @dataclass(frozen=True)
@@ -51,32 +206,199 @@ def sniff_kind(data: bytes) -> str | None:
     return None
 
 
+_TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
+
+
+def dicom_error_reason(exc: BaseException, ds: pydicom.Dataset | None = None) -> str:
+    """What a pydicom exception says, safe to show: its type, the attribute it concerns and at most
+    the first line of its text with quoted values removed and identifying values scrubbed.
+
+    pydicom's messages can quote whole elements (`(0008,0050) Accession Number US: 'ACC999'`) and
+    append a traceback, so the text is never passed on as it is.
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if match := _TAG_IN_TEXT.search(text):
+        tag = int(match.group(1) + match.group(2), 16)
+        keyword = pydicom.datadict.keyword_for_tag(tag) or f"({match.group(1)},{match.group(2)})"
+        return f"{type(exc).__name__} in attribute {keyword}"
+    text = _QUOTED.sub("'…'", text)[:160]
+    text = scrub_identifiers(text, ds) if ds is not None else text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def scrub_identifiers(message: str, ds: pydicom.Dataset) -> str:
+    """Replace every identifying value of `ds` (patient, accession, study ID...) found in `message` by ***."""
+    for keyword in IDENTIFYING_TAGS:
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception:  # a malformed value cannot be quoted by us either
+            continue
+        for part in sorted({value, *value.split("^")}, key=len, reverse=True):
+            if len(part.strip()) >= 2:
+                message = message.replace(part.strip(), "***")
+    return message
+
+
+def _int_attr(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer attribute, or DecodeError naming it (pydicom keeps an invalid IS such as "1A" as text)."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            if default is None:
+                raise DecodeError(f"DICOM attribute {keyword} is missing")
+            return default
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise
+    except Exception:  # text, several values, wrong length...: never quote it
+        raise DecodeError(f"DICOM attribute {keyword} is not a valid integer") from None
+    return number
+
+
+def _float_attr(ds: pydicom.Dataset, keyword: str) -> float:
+    try:
+        return float(ds.get(keyword))
+    except MemoryError:
+        raise
+    except Exception:
+        raise DecodeError(f"DICOM attribute {keyword} is not a valid number") from None
+
+
+def check_dicom_image(ds: pydicom.Dataset, has_pixels: bool | None = True) -> None:
+    """Raise DecodeError unless ds is a single-frame image SOP class within the pixel limit (and, if
+    asked, carries pixel data). Rows / Columns are checked when present (required with has_pixels)."""
+    try:
+        sop = ds.get("SOPClassUID")
+        sop_name = getattr(sop, "name", str(sop)) if sop else "missing"
+    except Exception:
+        raise DecodeError("DICOM attribute SOPClassUID is not a valid UID") from None
+    if sop is not None and "Image Storage" not in sop_name and sop_name != str(sop):
+        raise DecodeError(f"DICOM is not an image: SOP Class '{sop_name}' carries no pixels to score")
+    if has_pixels and not any(tag in ds for tag in PIXEL_DATA_TAGS):
+        raise DecodeError(f"DICOM has no pixel data (SOP Class '{sop_name}')")
+    frames = _int_attr(ds, "NumberOfFrames", default=1)
+    if frames > 1:
+        raise DecodeError(f"DICOM has {frames} frames; one radiograph per file is expected")
+    if frames < 1:
+        raise DecodeError(f"DICOM attribute NumberOfFrames is {frames}; one frame is expected")
+    if has_pixels or ("Rows" in ds and "Columns" in ds):
+        check_dimensions(_int_attr(ds, "Columns"), _int_attr(ds, "Rows"), "DICOM")
+
+
+def _file_meta(data: bytes) -> tuple[pydicom.Dataset, int]:
+    """The file meta group (always explicit VR little endian) and the offset where the data set starts."""
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
+    return meta, fp.tell()
+
+
+def _inflate(deflated: bytes, max_length: int) -> bytes:
+    """Raw-deflate `deflated` to at most max_length + 1 bytes (so a caller can see it would not stop)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        return inflater.decompress(deflated, max_length + 1)
+    except zlib.error:
+        raise DecodeError("deflated DICOM: the compressed data set is corrupt") from None
+
+
+def _declared_pixel_bytes(ds: pydicom.Dataset) -> int:
+    """What the declared native image occupies: rows x columns x samples x bits allocated."""
+    samples = _int_attr(ds, "SamplesPerPixel", default=1)
+    bits = _int_attr(ds, "BitsAllocated", default=16)
+    pixels = _int_attr(ds, "Rows") * _int_attr(ds, "Columns") * max(samples, 1)
+    return (pixels * max(bits, 1) + 7) // 8
+
+
+def _deflated_header(deflated: bytes) -> tuple[pydicom.Dataset, int, list[int]]:
+    """The elements before the pixel data, inflating 64 KiB, then 1 MiB, then DEFLATED_HEADER_LIMIT
+    until they fit; returns them, their inflated length and the pixel data tag found (if any)."""
+    seen: list[int] = []
+
+    def at_pixels(tag, vr, length) -> bool:
+        if tag >= _FIRST_PIXEL_TAG and tag.group == 0x7FE0:
+            seen.append(int(tag))
+            return True
+        return False
+
+    for size in (1 << 16, 1 << 20, DEFLATED_HEADER_LIMIT):
+        head = _inflate(deflated, size)
+        fp = io.BytesIO(head[:size])
+        try:
+            ds = read_dataset(fp, False, True, stop_when=at_pixels, defer_size=1024)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if len(head) > size:
+                continue  # cut short by the step: inflate more
+            raise DecodeError(f"unreadable DICOM header: {dicom_error_reason(exc)}") from None
+        if seen or len(head) <= size:
+            return ds, fp.tell(), seen
+    raise DecodeError(f"deflated DICOM: more than {DEFLATED_HEADER_LIMIT >> 20} MiB before the pixel data")
+
+
+def _read_deflated(data: bytes, meta: pydicom.Dataset, offset: int, header_only: bool) -> pydicom.Dataset:
+    """Deflated Explicit VR Little Endian, inflated in bounded steps (pydicom inflates it all at once).
+
+    The elements up to the pixel data are inflated first (at most DEFLATED_HEADER_LIMIT), the declared
+    image is checked against the pixel limit, and the whole data set is then inflated only up to what
+    that image needs: a stream that would inflate further is refused, whatever its ratio.
+    """
+    ds, header_bytes, seen = _deflated_header(data[offset:])
+    check_dicom_image(ds, has_pixels=False)
+    if not seen:
+        raise DecodeError("DICOM has no pixel data")
+    check_dimensions(_int_attr(ds, "Columns"), _int_attr(ds, "Rows"), "DICOM")
+    if header_only:
+        ds.file_meta = meta
+        return ds
+    bound = header_bytes + 12 + _declared_pixel_bytes(ds) + DEFLATED_TRAILER_SLACK
+    full = _inflate(data[offset:], bound)
+    if len(full) > bound:
+        raise DecodeError("deflated DICOM inflates beyond the size its declared image needs: refused")
+    try:
+        ds = read_dataset(io.BytesIO(full), False, True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"unreadable DICOM: {dicom_error_reason(exc)}") from None
+    ds.file_meta = meta
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _read_dicom(data: bytes, header_only: bool) -> pydicom.Dataset:
+    """Parse Part-10 bytes; `header_only` defers large values (the pixel data) without copying them."""
+    try:
+        meta, offset = _file_meta(data)
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        if not deflated:
+            ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024 if header_only else None)
+    except MemoryError:
+        raise
+    except Exception as exc:  # pydicom raises many types on a broken header
+        what = "DICOM header" if header_only else "DICOM"
+        raise DecodeError(f"unreadable {what}: {dicom_error_reason(exc)}") from None
+    if deflated:
+        return _read_deflated(data, meta, offset, header_only)
+    check_dicom_image(ds, has_pixels=True)
+    return ds
+
+
 def read_dicom_header(data: bytes) -> pydicom.Dataset:
-    """Parse DICOM Part-10 bytes without decoding the pixels; check they are one image with pixel data.
+    """Parse DICOM Part-10 bytes without decoding the pixels; check they are one image with pixel data
+    within the pixel limit.
 
     The client's cheap check before sending: `defer_size` skips large values (the pixel data)
     without copying them but keeps their tags, so "PixelData" in ds still works
     (`stop_before_pixels` would drop the tag itself).
     """
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
-    except Exception as exc:  # pydicom raises many types on a broken header
-        raise DecodeError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
-    check_dicom_image(ds, has_pixels=True)
-    return ds
-
-
-def check_dicom_image(ds: pydicom.Dataset, has_pixels: bool | None = True) -> None:
-    """Raise DecodeError unless ds is an image SOP class (and, if asked, carries pixel data)."""
-    sop = ds.get("SOPClassUID")
-    sop_name = getattr(sop, "name", str(sop)) if sop else "missing"
-    if sop is not None and "Image Storage" not in sop_name and sop_name != str(sop):
-        raise DecodeError(f"DICOM is not an image: SOP Class '{sop_name}' carries no pixels to score")
-    if has_pixels and "PixelData" not in ds:
-        raise DecodeError(f"DICOM has no pixel data (SOP Class '{sop_name}')")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise DecodeError(f"DICOM has {frames} frames; one radiograph per file is expected")
+    return _read_dicom(data, header_only=True)
 
 
 def _to_gray(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
@@ -86,6 +408,7 @@ def _to_gray(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
         raise DecodeError(f"{what}: expected a 2-D grayscale image, got an array of shape {arr.shape}")
     if arr.size == 0:
         raise DecodeError(f"{what}: the image has no pixels")
+    check_dimensions(arr.shape[1], arr.shape[0], what)
     return arr.astype(np.float32, copy=copy)
 
 
@@ -97,7 +420,7 @@ def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """
     if ds.get("ModalityLUTSequence") or "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         return apply_modality_lut(arr, ds)
-    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    slope, intercept = _float_attr(ds, "RescaleSlope"), _float_attr(ds, "RescaleIntercept")
     if not (slope.is_integer() and intercept.is_integer()):
         return apply_modality_lut(arr, ds)
     out = arr.astype(np.float32)
@@ -108,37 +431,54 @@ def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return out
 
 
-def _decode_dicom(data: bytes) -> DecodedImage:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DecodeError(f"unreadable DICOM: {exc}") from None
-    check_dicom_image(ds)
+def _dicom_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """The stored pixels as brightness: palette applied, modality LUT applied, MONOCHROME1 inverted."""
+    syntax = ds.file_meta.get("TransferSyntaxUID", None)
+    if "PixelData" in ds and syntax is not None and syntax.is_encapsulated:
+        check_encapsulated_frame(ds.PixelData)
     try:
         arr = ds.pixel_array
+    except MemoryError:
+        raise
     except Exception as exc:  # pydicom raises many types for broken / unsupported pixel data
-        syntax = getattr(ds.file_meta.get("TransferSyntaxUID", None), "name", "unknown transfer syntax")
-        raise DecodeError(f"DICOM pixel data cannot be decoded ({syntax}): {exc}") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric.startswith("MONOCHROME"):
+        name = getattr(syntax, "name", "unknown transfer syntax")
+        raise DecodeError(f"DICOM pixel data cannot be decoded ({name}): {dicom_error_reason(exc, ds)}") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":  # the stored values are indices into the palette, not brightness
+        arr = apply_color_lut(arr, ds)
+    elif photometric.startswith("MONOCHROME"):
         arr = _rescale(arr, ds)
     arr = _to_gray(np.asarray(arr), "DICOM", copy=False)  # ds is ours: its pixels need no copy
     if photometric == "MONOCHROME1":  # stored inverted: low values are bright
         arr = np.subtract(
             np.float32(float(arr.max()) + float(arr.min())), arr, out=arr if arr.flags.writeable else None
         )
-    terms = tuple(str(ds.get(t, "")).strip() for t in REGION_TAGS if str(ds.get(t, "")).strip())
-    uids = {
-        key: str(ds.get(tag))
-        for key, tag in (("sop", "SOPInstanceUID"), ("series", "SeriesInstanceUID"), ("study", "StudyInstanceUID"))
-        if ds.get(tag)
-    }
+    return arr
+
+
+def _decode_dicom(data: bytes) -> DecodedImage:
+    ds = _read_dicom(data, header_only=False)
+    try:
+        arr = _dicom_pixels(ds)
+        terms = tuple(str(ds.get(t, "")).strip() for t in REGION_TAGS if str(ds.get(t, "")).strip())
+        uids = {
+            key: str(ds.get(tag))
+            for key, tag in (("sop", "SOPInstanceUID"), ("series", "SeriesInstanceUID"), ("study", "StudyInstanceUID"))
+            if ds.get(tag)
+        }
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # a malformed attribute (LUT, photometric, description...): 400, never 500
+        raise DecodeError(f"DICOM attributes cannot be used: {dicom_error_reason(exc, ds)}") from None
     return DecodedImage(arr, "dicom", terms, uids)
 
 
 def _decode_npy(data: bytes) -> DecodedImage:
     try:
+        declared_dimensions(data, "npy")  # refuses a bomb declared in the header before np.load allocates
         arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except DecodeError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise DecodeError(f"unreadable .npy array: {exc}") from None
     if arr.dtype.kind not in "uif" or arr.ndim != 2:
@@ -147,14 +487,20 @@ def _decode_npy(data: bytes) -> DecodedImage:
 
 
 def _decode_pillow(data: bytes, kind: str) -> DecodedImage:
+    Image.MAX_IMAGE_PIXELS = max_pixels()
     try:
+        declared_dimensions(data, kind)  # PNG IHDR / JPEG SOF / TIFF IFD, before any pixel is decoded
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
                 arr = np.asarray(img)
             else:  # palette, LA, RGB(A), CMYK... -> RGB, then luminance
                 arr = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError:
+        raise DecodeError(f"{kind.upper()} image too large: above the limit of {max_pixels():,} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"unreadable {kind.upper()} image: {exc}") from None
     return DecodedImage(_to_gray(arr, kind.upper()), kind)
 

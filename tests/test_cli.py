@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import synthetic_png
 
 FRACSCAN = [sys.executable, "-m", "fracscan.cli"]
@@ -74,7 +73,9 @@ def test_stable_order_and_formats(server, mixed_folder, tmp_path):
     second = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--concurrency", "1")
     assert first.returncode == second.returncode == 0
     a, b = jsonl(first.stdout), jsonl(second.stdout)
-    assert [r["source"] for r in a] == good and [(r["source"], r["score"]) for r in a] == [(r["source"], r["score"]) for r in b]
+    assert [r["source"] for r in a] == good and [(r["source"], r["score"]) for r in a] == [
+        (r["source"], r["score"]) for r in b
+    ]
 
     out = tmp_path / "out.csv"
     assert run("predict", *good, "--url", server.http_url, "--format", "csv", "--output", str(out)).returncode == 0
@@ -137,7 +138,9 @@ def test_connection_error_exit_2_and_usage_error(tmp_path):
 
 def test_embedded_server_for_one_run(mixed_folder, repository, free_url):
     _, good, _ = mixed_folder
-    result = run("predict", *good[:2], "--url", free_url, "--embedded", "--repository", str(repository), "--format", "jsonl")
+    result = run(
+        "predict", *good[:2], "--url", free_url, "--embedded", "--repository", str(repository), "--format", "jsonl"
+    )
     assert result.returncode == 0, result.stderr
     assert "starting the embedded server" in result.stderr
     assert [r["status"] for r in jsonl(result.stdout)] == ["ok", "ok"]
@@ -199,9 +202,21 @@ def test_serve_starts_answers_and_stops_cleanly_on_sigterm(repository):
 
     ports = [free_port() for _ in range(3)]
     proc = subprocess.Popen(
-        [*FRACSCAN, "serve", "--repository", str(repository), "--http-port", str(ports[0]),
-         "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *FRACSCAN,
+            "serve",
+            "--repository",
+            str(repository),
+            "--http-port",
+            str(ports[0]),
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -219,3 +234,101 @@ def test_serve_starts_answers_and_stops_cleanly_on_sigterm(repository):
     assert proc.returncode == 0 and f"HTTP http://127.0.0.1:{ports[0]}" in err and "Stopped." in err
     leftovers = subprocess.run(["pgrep", "-f", f"--http-port={ports[0]}"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""  # no stray tritonserver (its python stubs live in its process group)
+
+
+def _help_text(text: str) -> str:
+    """rich's help boxes with the borders and line breaks taken out."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_version_and_the_default_format_in_help():
+    from importlib.metadata import version
+
+    assert run("--version").stdout.strip() == f"fracscan {version('fracscan')}"
+    assert "[default: (table on a terminal, else jsonl)]" in _help_text(run("predict", "--help").stdout)
+
+
+@pytest.fixture
+def odd_inputs(tmp_path) -> tuple[Path, list[str], dict[str, str]]:
+    """A folder with a symlink loop, a FIFO and a file whose name is not UTF-8, plus a named FIFO and a
+    glob that matches nothing; returns (folder, the files to score once each, error reason by input)."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.png").write_bytes(synthetic_png(3))
+    (root / "sub" / "b.png").write_bytes(synthetic_png(4))
+    latin1 = os.fsdecode(b"caf\xe9.png")  # not UTF-8: Python keeps the byte as a surrogate escape
+    (root / latin1).write_bytes(synthetic_png(5))
+    (root / "sub" / "loop").symlink_to(root)  # `**` and folder walks must not go round it
+    os.mkfifo(root / "pipe.dcm")  # skipped in the folder scan (opening it would block)
+    os.mkfifo(tmp_path / "named.fifo")
+    scored = [str(root / "a.png"), str(root / "caf\\xe9.png"), str(root / "sub" / "b.png")]
+    errors = {
+        str(tmp_path / "nothing" / "*.png"): f"no file matches {tmp_path / 'nothing' / '*.png'}",
+        str(tmp_path / "named.fifo"): "not a regular file (a FIFO, socket or device cannot be scored)",
+    }
+    return root, scored, errors
+
+
+def test_overlapping_inputs_loops_fifos_and_odd_names_score_each_file_once(server, odd_inputs, tmp_path):
+    root, scored, errors = odd_inputs
+    args = [str(root), str(root / "**" / "*.png"), str(root / "a.png"), *errors]
+    result = run("predict", *args, "--url", server.http_url, "--format", "jsonl", timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    rows = jsonl(result.stdout)
+    assert [r["source"] for r in rows] == [*scored, *errors]  # input order, each file once
+    assert all(r["status"] == "ok" for r in rows[: len(scored)])
+    assert {r["source"]: r["error"] for r in rows[len(scored) :]} == errors
+    for source, reason in errors.items():
+        assert f"failed: {source}: {reason}" in result.stderr
+    assert set(rows[0]) == set(rows[-1])  # an error row has every key, empty
+
+    csv_run = run("predict", *args, "--url", server.http_url, "--format", "csv", timeout=120)
+    assert csv_run.returncode == 1 and "Traceback" not in csv_run.stderr, csv_run.stderr
+    table_rows = list(csv.DictReader(csv_run.stdout.splitlines()))
+    assert [r["source"] for r in table_rows] == [*scored, *errors]
+    assert {r["fracture"] for r in table_rows[: len(scored)]} <= {"0", "1"} and table_rows[-1]["fracture"] == ""
+
+    table = run("predict", *args, "--url", server.http_url, "--format", "table", timeout=120)
+    assert table.returncode == 1 and "Traceback" not in table.stderr, table.stderr
+    text = _help_text(table.stdout)
+    assert "caf\\xe9.png" in text and "error: no file matches" in text and "error: not a regular file" in text
+
+
+def test_fallback_footnote_only_when_a_row_has_the_asterisk(server, tmp_path):
+    png = tmp_path / "a.png"
+    png.write_bytes(synthetic_png(8))
+    footnote = "no calibrated threshold for the region"
+    unknown = run("predict", str(png), "--url", server.http_url, "--format", "table")
+    assert unknown.returncode == 0 and "unknown*" in unknown.stdout and footnote in unknown.stdout
+    wrist = run("predict", str(png), "--url", server.http_url, "--format", "table", "--region", "wrist")
+    assert wrist.returncode == 0 and "wrist*" not in wrist.stdout and footnote not in wrist.stdout
+
+
+def test_resume_after_a_failed_input_leaves_one_row_per_input(server, tmp_path):
+    good, flaky = tmp_path / "good.png", tmp_path / "flaky.png"
+    good.write_bytes(synthetic_png(6))
+    flaky.write_bytes(synthetic_png(7)[:90])  # truncated: fails this time
+    out = tmp_path / "run.jsonl"
+    first = run("predict", str(good), str(flaky), "--url", server.http_url, "-o", str(out))
+    assert first.returncode == 1 and [r["status"] for r in jsonl(out.read_text())] == ["ok", "error"]
+    flaky.write_bytes(synthetic_png(7))  # fixed
+    second = run("predict", str(good), str(flaky), "--url", server.http_url, "-o", str(out), "--resume")
+    assert second.returncode == 0, second.stderr
+    assert [(r["source"], r["status"]) for r in jsonl(out.read_text())] == [(str(good), "ok"), (str(flaky), "ok")]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"source,fracture\n{good},0\n{flaky},1\n")
+    evaluated = run("evaluate", str(out), str(labels), "--format", "json", "--bootstrap", "0")
+    assert evaluated.returncode == 0 and "already appeared" not in evaluated.stderr, evaluated.stderr
+
+
+def test_malformed_dicom_is_one_clean_failed_line_without_identifiers(server, tmp_path):
+    from test_hostile_input import ACCESSION, IDENTIFIERS, _with_number_of_frames
+
+    path = tmp_path / "IM0001"
+    path.write_bytes(_with_number_of_frames(b"1A"))
+    result = run("predict", str(path), "--url", server.http_url, "--format", "jsonl")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"failed: {path}: DICOM attribute NumberOfFrames is not a valid integer" in result.stderr
+    assert jsonl(result.stdout)[0]["error"] == "DICOM attribute NumberOfFrames is not a valid integer"
+    for value in (*IDENTIFIERS.values(), ACCESSION):
+        assert value not in result.stdout + result.stderr
