@@ -9,10 +9,15 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 .PHONY: demo test test-fast lint bench demo-rebuild serve system-deps clean
 
 # The Triton python-backend stub links the system libpython of the same version.
+# The PACS tests run a real Orthanc (with its DICOMweb plug-in) and dcmtk's dsrdump.
+PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk
 system-deps:
 	@ldconfig -p | grep -q "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")').so.1.0" \
 	  || (echo "installing the system libpython for the Triton python backend stub" && \
 	      apt-get update -qq && apt-get install -y -qq "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" >/dev/null)
+	@missing="$$(for p in $(PACS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	  test -z "$$missing" || (echo "installing for the PACS tests:" $$missing && \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null)
 
 $(VENV)/.server: pyproject.toml | system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ $(VENV)/.server: pyproject.toml | system-deps
 # torch is pinned to the CPU build that pip finds locally; an unpinned torch pulls CUDA wheels.
 $(VENV)/.test: $(VENV)/.server
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[server,export,evaluate,test]"
+	$(PIP) install -e ".[server,export,evaluate,pacs,test]"
 	@touch $@
 
 demo: $(VENV)/.server
@@ -40,7 +45,10 @@ test-fast: $(VENV)/.test
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	@tree=$$(mktemp -d) && mkdir $$tree/fracscan && ln -s $(CURDIR)/fracscan/* $$tree/fracscan/ \
+	  && ln -s $(CURDIR)/client $$tree/fracscan/client \
+	  && (cd $$tree && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p fracscan); \
+	  status=$$?; rm -rf $$tree; exit $$status
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+from typing import Annotated
+
 import typer
 
 from fracscan.cli import calibrate as calibrate_module
 from fracscan.cli import evaluate as evaluate_module
 from fracscan.cli import export as export_module
 from fracscan.cli import health as health_module
+from fracscan.cli import listen as listen_module
 from fracscan.cli import predict as predict_module
 from fracscan.cli import serve as serve_module
 
@@ -18,12 +22,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"fracscan {version('fracscan')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the fracscan version and exit."),
+    ] = None,
+) -> None:
+    """Fracture detection on musculoskeletal radiographs, served on NVIDIA Triton."""
+
+
 app.command("predict")(predict_module.predict)
 app.command("serve")(serve_module.serve)
 app.command("export")(export_module.export)
 app.command("calibrate")(calibrate_module.calibrate)
 app.command("evaluate")(evaluate_module.evaluate)
 app.command("health")(health_module.health)
+app.command("listen")(listen_module.listen)
 
 
 def main() -> None:

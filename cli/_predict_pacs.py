@@ -1,0 +1,154 @@
+"""`fracscan predict` and the PACS: `--sr-dir` (SR, GSPS, SC files) and `--dicomweb/--study/--store`.
+
+`dicomweb_sources` lists a study's images as `dicomweb:<study>/<series>/<instance>` labels (so
+`--resume` works on them as on paths); `PacsScorer` stands in for the client in `predict`'s scoring
+step: it answers `predict_many` as the client does (fetching DICOMweb labels just in time) and,
+after each scored DICOM input, writes its results to `--sr-dir` and/or sends them with STOW-RS.
+Console lines name paths and UIDs only, never a patient attribute.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import pydicom
+
+from fracscan.cli.console import fail, note, warn
+from fracscan.client import FracScanClient, Prediction, PredictionError
+from fracscan.decode import sniff_kind
+from fracscan.provenance import Provenance
+
+if TYPE_CHECKING:
+    from fracscan.client.dicomweb import DicomWeb
+
+PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")
+
+
+def check_options(paths: list[str] | None, dicomweb: str | None, studies: list[str] | None, store: bool) -> None:
+    """The PACS options that only make sense together (usage errors, exit 2)."""
+    if dicomweb and paths:
+        fail("give either SOURCES or --dicomweb URL --study UID, not both")
+    if dicomweb and not studies:
+        fail("--dicomweb needs at least one --study UID")
+    if (studies or store) and not dicomweb:
+        fail("--study and --store need --dicomweb URL")
+    if not dicomweb and not paths:
+        fail("nothing to score: give SOURCES (files, folders, globs) or --dicomweb URL --study UID")
+
+
+def dicomweb_sources(url: str, studies: list[str]) -> list[str]:
+    """The image instances of the studies (QIDO-RS), as labels; what is not an image is noted and left out."""
+    dicomweb, _ = pacs_modules()
+    web = dicomweb.DicomWeb(url)
+    labels: list[str] = []
+    for study in studies:
+        try:
+            refs = web.instances(study, skipped=_note_skipped)
+        except dicomweb.DicomWebError as exc:
+            fail(str(exc))
+        if not refs:
+            warn(f"study {study}: no images at {url}")
+        labels.extend(ref.label for ref in refs)
+    return labels
+
+
+class PacsScorer:
+    """The client as `predict` uses it, plus the PACS outputs after each scored input."""
+
+    def __init__(
+        self,
+        client: FracScanClient,
+        provenance: Provenance | None,
+        sr_dir: Path | None,
+        web: DicomWeb | None,
+        store: bool,
+    ):
+        self.client, self.provenance, self.sr_dir, self.web, self.store = client, provenance, sr_dir, web, store
+
+    @classmethod
+    def wrap(
+        cls,
+        client: FracScanClient,
+        provenance: Provenance | None,
+        sr_dir: Path | None,
+        dicomweb: str | None,
+        store: bool,
+    ) -> FracScanClient | PacsScorer:
+        """The client itself when no PACS option is given (nothing changes), else a PacsScorer over it."""
+        if sr_dir is None and dicomweb is None:
+            return client
+        web, _ = pacs_modules()
+        return cls(client, provenance, sr_dir, web.DicomWeb(dicomweb) if dicomweb else None, store)
+
+    def predict_many(
+        self, sources: Iterable[str], region: str | None = None, concurrency: int = 8
+    ) -> Iterator[Prediction | PredictionError]:
+        if self.web is not None:
+            web, _ = pacs_modules()
+            refs = (web.InstanceRef.parse(label) for label in sources if label.startswith(web.LABEL_PREFIX))
+            yield from web.predict_instances(
+                self.client, self.web, refs, region=region, concurrency=concurrency, after=self._after
+            )
+            return
+        for result in self.client.predict_many(sources, region=region, concurrency=concurrency):
+            if result.ok and self.sr_dir is not None:
+                self._write_file_results(result)
+            yield result
+
+    def _after(self, data: bytes, prediction: Prediction) -> None:
+        """For a DICOMweb instance: the files (--sr-dir), then STOW-RS (--store; its failure fails the input)."""
+        if self.sr_dir is not None:
+            self._write(data, prediction)
+        if self.store and self.web is not None:
+            _, results = pacs_modules()
+            self.web.store(results.build_results(data, prediction, self.provenance))
+
+    def _write_file_results(self, prediction: Prediction) -> None:
+        try:
+            data = Path(prediction.source).read_bytes()
+        except OSError as exc:
+            warn(f"no SR for {prediction.source}: {exc.strerror or exc}")
+            return
+        if sniff_kind(data[:132]) != "dicom":
+            note(f"--sr-dir: {prediction.source} is not DICOM; no SR, GSPS or SC for it")
+            return
+        self._write(data, prediction)
+
+    def _write(self, data: bytes, prediction: Prediction) -> None:
+        assert self.sr_dir is not None
+        try:
+            _, results = pacs_modules()
+            results.write_results(self.sr_dir, data, prediction, self.provenance)
+        except Exception as exc:
+            warn(f"no SR for {prediction.source}: {_scrubbed(exc, data)}")
+
+
+def pacs_modules() -> tuple[ModuleType, ModuleType]:
+    """The DICOMweb and result-writer modules, imported on first use: their libraries are the `pacs` extra."""
+    try:
+        from fracscan.client import dicomweb, results
+    except ImportError as exc:
+        fail(f"--sr-dir and --dicomweb need the PACS extra ({exc.name} is missing): pip install 'fracscan[pacs]'")
+    return dicomweb, results
+
+
+def _note_skipped(label: str, reason: str) -> None:
+    note(f"skipped {label}: {reason}")
+
+
+def _scrubbed(exc: Exception, data: bytes) -> str:
+    """An error message as a library wrote it, with any patient attribute of the source masked."""
+    message = f"{type(exc).__name__}: {exc}"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return message
+    for attribute in PATIENT_ATTRIBUTES:
+        value = str(ds.get(attribute, "") or "").strip()
+        if value:
+            message = message.replace(value, "***")
+    return message
