@@ -42,6 +42,17 @@ def calibrate(
         Path | None,
         typer.Option(help="Model repository: also install the thresholds there (then restart the server)."),
     ] = None,
+    by_study: Annotated[
+        bool,
+        typer.Option(
+            help="Calibrate the study thresholds on the study rows of `predict --by-study` and labels "
+            "study,fracture[,region]; added to the image-level thresholds of --repository (else of --output)."
+        ),
+    ] = False,
+    rule: Annotated[
+        str | None,
+        typer.Option(help="--by-study: calibrate for this rule (max, mean, noisy_or); default: the rows' rule."),
+    ] = None,
 ) -> None:
     """Calibrate per-region thresholds to a target sensitivity on a labelled tuning set.
 
@@ -56,6 +67,29 @@ def calibrate(
         fail(f"--definite-specificity must lie in (0, 1], got {definite_specificity}")
     if min_positives < 1:
         fail(f"--min-positives must be at least 1, got {min_positives}")
+    if by_study:
+        from fracscan.cli._evaluate_study import calibrate_by_study
+
+        if repository is not None:
+            _repository(repository)  # exit 2 unless it is a fracscan repository
+        chosen = calibrate_by_study(
+            predictions,
+            labels,
+            rule=rule,
+            sensitivity=sensitivity,
+            min_positives=min_positives,
+            definite_specificity=definite_specificity,
+            output=output,
+            repository=repository,
+        )
+        try:
+            chosen.save(output)
+        except OSError as exc:
+            fail(f"{output}: cannot write thresholds: {exc}")
+        note(f"wrote {output}")
+        if repository is not None:
+            _install(repository, chosen)
+        return
     spec, current = _repository(repository) if repository is not None else (None, None)
     labelled = read_labelled(predictions, labels)
     provenance: dict[str, Any] = {

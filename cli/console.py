@@ -7,7 +7,7 @@ configuration error. Results go to stdout; everything else to stderr.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import NoReturn
 
 import typer
@@ -22,7 +22,7 @@ out = Console(highlight=False)
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """Formats a command can write its results in (each command accepts the subset it can write)."""
 
     table = "table"

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fracscan import evaluation as ev
 from fracscan.cli.console import OutputFormat, fail, note, warn
+from fracscan.evaluation import studies
 from fracscan.postprocess import Thresholds, ThresholdsError
 
 DASH = "—"
@@ -64,6 +65,14 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="Write ROC curves to this PNG.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC / PPV / NPV CIs (0: none).")] = 1000,
+    by_study: Annotated[
+        bool,
+        typer.Option(help="Evaluate the study rows of `predict --by-study` against labels study,fracture[,region]."),
+    ] = False,
+    rule: Annotated[
+        str | None,
+        typer.Option(help="--by-study: aggregate the view scores again under this rule (max, mean, noisy_or)."),
+    ] = None,
 ) -> None:
     """Metrics of the predictions against labels: overall and per region.
 
@@ -87,9 +96,14 @@ def evaluate(
             import matplotlib  # noqa: F401
         except ImportError:
             fail("--plot needs matplotlib: pip install 'fracscan[evaluate]'")
-    matched = read_labelled(predictions, labels).matched
+    if by_study:
+        from fracscan.cli._evaluate_study import study_matched
+
+        matched, decide = study_matched(predictions, labels, rule), studies.study_decisions
+    else:
+        matched, decide = read_labelled(predictions, labels).matched, ev.decisions_for
     try:
-        decisions = ev.decisions_for(matched.cases, chosen)
+        decisions = decide(matched.cases, chosen)
         metrics = ev.evaluate(matched.cases, decisions, bootstrap=bootstrap, seed=seed)
     except (ev.EvaluationError, ValueError) as exc:
         fail(str(exc))
@@ -97,6 +111,7 @@ def evaluate(
         "overall": metrics["overall"],
         "regions": metrics["regions"],
         "operating_point": "predictions" if thresholds is None else str(thresholds),
+        "unit": "study" if by_study else "radiograph",
         "predictions": predictions.name,
         "labels": labels.name,
         "matching": matched.summary(),

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fracscan.cli._predict_output import Writer, overlay_notice, printable, result_row, write_overlay
 from fracscan.cli._predict_pacs import PacsScorer, check_options, dicomweb_sources
+from fracscan.cli._predict_study import predict_studies
 from fracscan.cli.console import OutputFormat, err, fail, failed_input, note, out, show_provenance, warn
 from fracscan.client import FracScanClient, FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.decode import DecodeError, sniff_kind
@@ -74,12 +75,25 @@ def predict(
     store: Annotated[
         bool, typer.Option(help="With --dicomweb: send the SR, GSPS and SC back into the study (STOW-RS).")
     ] = False,
+    by_study: Annotated[
+        bool,
+        typer.Option(
+            help="Group inputs into studies (DICOM StudyInstanceUID, else folder) and score each study in one "
+            'request: view rows plus one kind: "study" row per study.'
+        ),
+    ] = False,
 ) -> None:
     """Score radiographs (DICOM, PNG, JPEG, TIFF, .npy) and print or save one result per input.
 
     Exit code 0: every input scored; 1: some inputs failed (each is listed); 2: usage or connection error.
     """
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
+    if by_study:
+        if dicomweb or overlay_dir or sr_dir:
+            fail("--by-study scores SOURCES only (no --dicomweb, --overlay-dir or --sr-dir)")
+        found_files = discover(paths or [])
+        connection = connect(url, timeout, embedded, repository)
+        predict_studies(found_files, connection, fmt, output, resume, region=region, concurrency=concurrency)
     done = resume_state(output, fmt) if resume else set()
     check_options(paths, dicomweb, study, store)
     found = dicomweb_sources(dicomweb, study or []) if dicomweb else discover(paths or [])

@@ -27,6 +27,7 @@ from fracscan.client.models import (
     RegionSource,
 )
 from fracscan.client.sources import Source
+from fracscan.client.study import StudyPrediction, ViewPrediction
 from fracscan.client.sync import FracScanClient
 
 __all__ = [
@@ -44,4 +45,6 @@ __all__ = [
     "PredictionError",
     "RegionSource",
     "Source",
+    "StudyPrediction",
+    "ViewPrediction",
 ]

@@ -52,6 +52,7 @@ from fracscan.client.models import (
     PredictionError,
 )
 from fracscan.client.sources import Payload, source_label
+from fracscan.client.study import StudyPrediction, StudyRequest, parse_study_result
 
 log = logging.getLogger("fracscan.client")
 
@@ -234,6 +235,11 @@ class Request:
     def make(cls, payload: Payload, region: str | None) -> Request:
         region = (region or "").strip() or None
         return cls(payload, region, True) if region else cls(payload, payload.dicom_region, False)
+
+    @property
+    def label(self) -> str:
+        """What errors name: the input (a study request names its views)."""
+        return self.payload.label
 
     def tensors(self, protocol: str) -> tuple[list, list]:
         """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them)."""
@@ -539,6 +545,14 @@ class ClientBase:
             raise FracScanServerError(
                 f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}",
                 source=request.payload.label,
+            ) from exc
+
+    def _parse_study(self, result: Any, request: StudyRequest, latency_s: float) -> StudyPrediction:
+        try:
+            return parse_study_result(result, request, c.STUDY_MODEL, latency_s)
+        except Exception as exc:  # a server without the study model's contract
+            raise FracScanServerError(
+                f"unexpected response from model '{c.STUDY_MODEL}': {type(exc).__name__}: {exc}", source=request.label
             ) from exc
 
     def _check_concurrency(self, concurrency: int) -> int:

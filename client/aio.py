@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from fracscan.client._core import (
@@ -20,6 +20,8 @@ from fracscan.client._core import (
 )
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
+from fracscan.client.study import StudyPrediction, StudyRequest, read_views
+from fracscan.contract import STUDY_MODEL
 from fracscan.provenance import Provenance
 
 
@@ -176,7 +178,17 @@ class AsyncFracScanClient(ClientBase):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _call(self, request: Request) -> Any:
+    async def predict_study(self, views: Sequence[Source], region: str | None = None) -> StudyPrediction:
+        """Score every view of one study in one request; see FracScanClient.predict_study."""
+        if self.closed:
+            raise FracScanError("the client is closed")
+        read = await asyncio.to_thread(read_views, views, self.decode_on_client)  # file I/O, DICOM parsing
+        request = StudyRequest.make(read, region)
+        started = time.perf_counter()
+        result = await self._call(request, STUDY_MODEL)  # type: ignore[arg-type]
+        return self._parse_study(result, request, time.perf_counter() - started)
+
+    async def _call(self, request: Request, model: str | None = None) -> Any:
         """One inference with fail-over and retries (policy: `_core.Attempts`)."""
         attempts = self._attempts()
         while True:
@@ -184,9 +196,11 @@ class AsyncFracScanClient(ClientBase):
             started = time.monotonic()
             try:
                 inputs, outputs = request.tensors(ep.protocol)
-                return await self._client(ep).infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+                return await self._client(ep).infer(
+                    model or self.model, inputs, outputs=outputs, **self._infer_options(ep)
+                )
             except Exception as exc:
-                err = self._map(exc, ep, request.payload.label, started)
+                err = self._map(exc, ep, request.label, started)
                 delay = attempts.after(ep, err)
                 if delay is None:
                     if err is exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +21,8 @@ from fracscan.client._core import (
 )
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
+from fracscan.client.study import StudyPrediction, StudyRequest, read_views
+from fracscan.contract import STUDY_MODEL
 from fracscan.provenance import Provenance
 
 
@@ -203,7 +205,20 @@ class FracScanClient(ClientBase):
         result = self._call(clients, request)
         return self._parse(result, request, time.perf_counter() - started)
 
-    def _call(self, clients: _ThreadClients, request: Request) -> Any:
+    def predict_study(self, views: Sequence[Source], region: str | None = None) -> StudyPrediction:
+        """Score every view of one study in one request (model `fracscan_study`): the study answer and each view's.
+
+        A view that cannot be read or scored is a PredictionError among `views` and the study is decided on
+        the others; raises (like `predict`) only when no view can be scored or the request fails.
+        """
+        if self.closed:
+            raise FracScanError("the client is closed")
+        request = StudyRequest.make(read_views(views, self.decode_on_client), region)
+        started = time.perf_counter()
+        result = self._call(self._clients, request, STUDY_MODEL)  # type: ignore[arg-type]
+        return self._parse_study(result, request, time.perf_counter() - started)
+
+    def _call(self, clients: _ThreadClients, request: Request, model: str | None = None) -> Any:
         """One inference with fail-over and retries (policy: `_core.Attempts`)."""
         attempts = self._attempts()
         while True:
@@ -211,9 +226,9 @@ class FracScanClient(ClientBase):
             started = time.monotonic()
             try:
                 inputs, outputs = request.tensors(ep.protocol)
-                return clients.get(ep).infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+                return clients.get(ep).infer(model or self.model, inputs, outputs=outputs, **self._infer_options(ep))
             except Exception as exc:
-                err = self._map(exc, ep, request.payload.label, started)
+                err = self._map(exc, ep, request.label, started)
                 delay = attempts.after(ep, err)
                 if delay is None:
                     if err is exc:

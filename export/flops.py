@@ -39,7 +39,7 @@ def format_table(members: tuple[MemberSpec, ...], costs: list[MemberCost], size:
     head = (f"{'#':>2}  {'member':<30} {'arch':<9} {'input':<6} {'head':<4} {'attn':<4} {'map':<4} "
             f"{'width':>6} {'params (M)':>11} {'GFLOPs':>9}")
     lines = [f"S = {size}, batch 1; FLOPs count a multiply-add as 2 (conv + matmul only)", head, "-" * len(head)]
-    for i, (m, c) in enumerate(zip(members, costs)):
+    for i, (m, c) in enumerate(zip(members, costs, strict=True)):
         lines.append(f"{i:>2}  {m.name:<30} {m.arch:<9} {m.input:<6} {m.head:<4} {'yes' if m.attention else 'no':<4} "
                      f"{'yes' if m.map else 'no':<4} {m.width:>6g} {c.params / 1e6:>11.3f} {c.flops / 1e9:>9.2f}")
     lines.append("-" * len(head))

@@ -2,14 +2,17 @@
 
 Every config.pbtxt is built as Triton's own `ModelConfig` protobuf (shipped in tritonclient)
 and printed with protobuf's text format, so it parses by construction. Only the member
-models differ between targets; preprocess, average, threshold and the `fracscan` ensemble
-are identical everywhere.
+models and `normalize` differ between targets; preprocess, average, threshold and the `fracscan`
+ensemble are identical everywhere.
 
     repository/
       fracscan.toml         the spec (the python models read it)
       thresholds.json       per-region operating points (the threshold model reads it)
       fracscan/             platform "ensemble"
+      fracscan_study/       python backend (BLS): all views of one study -> the study answer
       preprocess/ average/ threshold/      python backend, one-line model.py adapters
+      normalize/                           FRAME -> PIXELS (LCN): cpu: python (numpy); onnxruntime /
+                                           tensorrt (FP32): the ONNX graph of fracscan.export.normalize
       member_00/ ... member_NN/            target-specific (cpu: python + onnxruntime;
                                            onnxruntime: onnxruntime backend; tensorrt: plans)
 """
@@ -36,7 +39,12 @@ Target = Literal["cpu", "onnxruntime", "tensorrt"]
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
 ENSEMBLE_NAME = c.ENSEMBLE_MODEL
 
-_DATATYPES = {"FP32": mc.DataType.TYPE_FP32, "BOOL": mc.DataType.TYPE_BOOL, "BYTES": mc.DataType.TYPE_STRING}
+_DATATYPES = {
+    "FP32": mc.DataType.TYPE_FP32,
+    "BOOL": mc.DataType.TYPE_BOOL,
+    "BYTES": mc.DataType.TYPE_STRING,
+    "INT32": mc.DataType.TYPE_INT32,
+}
 
 _ADAPTER = "from fracscan.triton_models import {cls} as TritonPythonModel  # noqa: F401\n"
 
@@ -46,14 +54,32 @@ class RepositoryOptions:
     max_batch_size: int = 8
     preferred_batch_sizes: tuple[int, ...] = (4, 8)
     max_queue_delay_us: int = 2000
-    preprocess_instances: int = 2  # decoding + LCN is the CPU-heavy python step
+    preprocess_instances: int = 2  # decoding, crop, resize: the CPU-heavy python step (preprocess_instances_for)
     member_instances: int = 1
+    study_instances: int = 2  # each waits on the ensemble for its views: two let studies overlap
     gpu_instances: int = 1  # tensorrt / onnxruntime-on-GPU members
     # tensorrt target only (fracscan.export.tensorrt.config): one engine file per compute capability,
     # a model_warmup sample of `image` ("zero", "random" or "none"), optional CUDA graphs
     trt_compute_capabilities: tuple[str, ...] = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
     warmup: str = "zero"
     cuda_graphs: bool = False
+
+
+def preprocess_instances_for(cpu_cores: int | None, target: Target) -> int:
+    """`preprocess` instances for the CPU cores a server has (None: the default, 2).
+
+    One instance is one process scoring one radiograph at a time on one core, so instances = cores:
+    more than the cores measured no faster (benchmarks/README.md, tuning), fewer leaves cores idle.
+    On a GPU target one core is left to `tritonserver` and the GPU steps' feeding; the cpu target's
+    members share all cores anyway. What the cores then feed (docker/README.md, "CPU cores per GPU"):
+    ~60 ms of CPU per 3000 x 2500 uncompressed radiograph served, i.e. ~16 radiographs/s per core
+    (~57 ms, ~17/s, on the GPU targets, where `normalize` runs LCN on the GPU).
+    """
+    if cpu_cores is None:
+        return RepositoryOptions.preprocess_instances
+    if cpu_cores < 1:
+        raise ValueError(f"cpu_cores must be >= 1, got {cpu_cores}")
+    return max(1, cpu_cores if target == "cpu" else cpu_cores - 1)
 
 
 def _config(
@@ -88,6 +114,34 @@ def preprocess_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelCon
     )
 
 
+def normalize_config(spec: EnsembleSpec, target: Target, opt: RepositoryOptions) -> mc.ModelConfig:
+    """FRAME -> PIXELS: the S x S per-pixel work, on the GPU on the GPU targets.
+
+    The cpu target runs the numpy path in as many instances as `preprocess` has (the same kind of
+    CPU work, moved out of it); the GPU targets serve the spec's ONNX graph, FP32 under TensorRT.
+    """
+    size = spec.preprocess.size
+    extra: dict[str, Any]
+    if target == "cpu":
+        extra = {"backend": "python", "instance_group": _cpu_instances(opt.preprocess_instances)}
+    elif target == "onnxruntime":
+        extra = {"backend": "onnxruntime", "default_model_filename": c.ONNX_FILE}
+    elif target == "tensorrt":
+        from fracscan.export.tensorrt.config import tensorrt_normalize_fields
+
+        extra = tensorrt_normalize_fields(spec, opt)
+    else:
+        raise ValueError(f"unknown target {target!r}, expected one of {TARGETS}")
+    return _config(
+        c.NORMALIZE_MODEL,
+        c.normalize_inputs(size),
+        c.normalize_outputs(size),
+        opt.max_batch_size,
+        dynamic_batching=mc.ModelDynamicBatching(),
+        **extra,
+    )
+
+
 def average_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
     h, m = spec.preprocess.map_size, len(spec.members)
     return _config(
@@ -108,6 +162,18 @@ def threshold_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConf
         opt.max_batch_size,
         backend="python",
         instance_group=_cpu_instances(1),
+    )
+
+
+def study_config(opt: RepositoryOptions) -> mc.ModelConfig:
+    """The BLS study model: no batching (one request is one study, its views along IMAGE's only dimension)."""
+    return _config(
+        c.STUDY_MODEL,
+        c.STUDY_INPUTS,
+        c.study_outputs(),
+        0,
+        backend="python",
+        instance_group=_cpu_instances(opt.study_instances),
     )
 
 
@@ -147,7 +213,7 @@ def _onward(names: Any) -> dict[str, str]:
 
 
 def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenance | None = None) -> mc.ModelConfig:
-    """preprocess -> member_00..NN (fan-out) -> average -> threshold, one request in, one answer out."""
+    """preprocess -> normalize -> member_00..NN (fan-out) -> average -> threshold, one request in, one answer out."""
     members = len(spec.members)
     cfg = _config(
         c.ENSEMBLE_MODEL, c.ENSEMBLE_INPUTS, c.ensemble_outputs(members), opt.max_batch_size, platform="ensemble"
@@ -163,6 +229,12 @@ def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenan
         model_version=-1,
         input_map=_same(t.name for t in c.ENSEMBLE_INPUTS),
         output_map=_onward(t.name for t in c.preprocess_outputs(spec.preprocess.size)),
+    )
+    steps.add(
+        model_name=c.NORMALIZE_MODEL,
+        model_version=-1,
+        input_map=_same(t.name for t in c.normalize_inputs(spec.preprocess.size)),
+        output_map=_same(t.name for t in c.normalize_outputs(spec.preprocess.size)),
     )
     for i, member in enumerate(spec.members):
         outputs = {c.MEMBER_SCORE: c.member_score(i)}
@@ -236,8 +308,14 @@ def write_repository(
         return version
 
     write(preprocess_config(spec, options), "PreprocessModel")
+    normalize_version = write(normalize_config(spec, target, options), "NormalizeModel" if target == "cpu" else None)
+    if target != "cpu":
+        from fracscan.export.normalize import write_normalize_onnx  # needs onnx (the export extra)
+
+        write_normalize_onnx(spec.preprocess, normalize_version / c.ONNX_FILE)
     write(average_config(spec, options), "AverageModel")
     write(threshold_config(spec, options), "ThresholdModel")
+    write(study_config(options), "StudyModel")
     hashes = []
     for i, onnx_path in enumerate(member_onnx):
         version = write(member_config(spec, i, target, options), "MemberModel" if target == "cpu" else None)

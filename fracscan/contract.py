@@ -7,7 +7,8 @@ spelled anywhere else.
 
     fracscan (ensemble)   IMAGE [+ REGION] -> SCORE FRACTURE THRESHOLD REGION_USED REGION_SOURCE
                                               FALLBACK MEMBER_SCORES BOXES LEVEL DEFINITE_THRESHOLD
-      preprocess          IMAGE [+ REGION] -> PIXELS GEOMETRY REGION_USED REGION_SOURCE
+      preprocess          IMAGE [+ REGION] -> FRAME GEOMETRY REGION_USED REGION_SOURCE
+      normalize           FRAME            -> PIXELS                 (plain + LCN; runs on the GPU on GPU targets)
       member_NN           image            -> score [+ map]          (ensemble names SCORE_NN, MAP_NN)
       average             SCORE_NN, MAP_NN -> SCORE MEMBER_SCORES [MAP]
       threshold           SCORE GEOMETRY REGION_USED [MAP] -> FRACTURE THRESHOLD FALLBACK BOXES LEVEL
@@ -16,7 +17,12 @@ spelled anywhere else.
 Naming rules for outputs that later models add, so nobody invents names: a classification head
 `<head>` adds `<HEAD>` (BYTES [1], top class) and `<HEAD>_PROBS` (FP32 [K]); the two-level answer is
 `LEVEL` (BYTES [1]) and `DEFINITE_THRESHOLD` (FP32 [1]); the study model `fracscan_study` prefixes its
-study answer with `STUDY_` and its per-view answers with `VIEW_`.
+study answer with `STUDY_` and its per-view answers with `VIEW_`:
+
+    fracscan_study (BLS)  IMAGE [N] [+ REGION] -> STUDY_SCORE STUDY_FRACTURE STUDY_THRESHOLD STUDY_LEVEL
+                                                  STUDY_DEFINITE_THRESHOLD STUDY_FALLBACK STUDY_RULE
+                                                  STUDY_CALIBRATED STUDY_VIEWS_USED REGION_USED
+                                                  VIEW_SCORES VIEW_THRESHOLDS VIEW_LEVELS VIEW_REGIONS VIEW_ERRORS VIEW_BOXES
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Datatype = Literal["BYTES", "FP32", "BOOL"]
+Datatype = Literal["BYTES", "FP32", "BOOL", "INT32"]
 
 # --- model and file names ---
 ENSEMBLE_MODEL = "fracscan"
 STUDY_MODEL = "fracscan_study"
 PREPROCESS_MODEL = "preprocess"
+NORMALIZE_MODEL = "normalize"
 AVERAGE_MODEL = "average"
 THRESHOLD_MODEL = "threshold"
 
@@ -52,14 +59,19 @@ REGION_SOURCES: tuple[str, ...] = ("user", "dicom", "unknown")
 Level = Literal["negative", "suspicious", "definite"]
 LEVELS: tuple[str, ...] = ("negative", "suspicious", "definite")
 NO_DEFINITE_THRESHOLD = -1.0  # DEFINITE_THRESHOLD when the region has none (a NaN would break strict JSON)
+STUDY_RULES: tuple[str, ...] = ("max", "mean", "noisy_or")  # how view scores make a study score
+DEFAULT_STUDY_RULE = "max"
+NO_VIEW_SCORE = -1.0  # VIEW_SCORES of a view that failed (its VIEW_ERRORS says why)
 
 BOX_COLUMNS = 5  # x0, y0, x1, y1, confidence in original pixels
+VIEW_BOX_COLUMNS = 6  # view index, then the BOX_COLUMNS
 BOX_PADDING = -1.0  # confidence of the rows that pad BOXES to a common length
 GEOMETRY_LENGTH = 9  # fracscan.preprocess.Geometry as floats
 
 # --- tensor names ---
 IMAGE = "IMAGE"
 REGION = "REGION"
+FRAME = "FRAME"  # the plain S x S frame in [-1, 1], padding -1: [1, S, S]
 PIXELS = "PIXELS"
 GEOMETRY = "GEOMETRY"
 REGION_USED = "REGION_USED"
@@ -73,6 +85,23 @@ FALLBACK = "FALLBACK"
 BOXES = "BOXES"
 LEVEL = "LEVEL"
 DEFINITE_THRESHOLD = "DEFINITE_THRESHOLD"
+
+# The study model's answer (fracscan_study): one study, N views.
+STUDY_SCORE = "STUDY_SCORE"
+STUDY_FRACTURE = "STUDY_FRACTURE"
+STUDY_THRESHOLD = "STUDY_THRESHOLD"
+STUDY_LEVEL = "STUDY_LEVEL"
+STUDY_DEFINITE_THRESHOLD = "STUDY_DEFINITE_THRESHOLD"
+STUDY_FALLBACK = "STUDY_FALLBACK"
+STUDY_RULE = "STUDY_RULE"
+STUDY_CALIBRATED = "STUDY_CALIBRATED"  # false: no study thresholds, the image-level ones were applied
+STUDY_VIEWS_USED = "STUDY_VIEWS_USED"
+VIEW_SCORES = "VIEW_SCORES"
+VIEW_THRESHOLDS = "VIEW_THRESHOLDS"  # each view's image-level threshold (NO_VIEW_SCORE for a failed view)
+VIEW_LEVELS = "VIEW_LEVELS"
+VIEW_REGIONS = "VIEW_REGIONS"
+VIEW_ERRORS = "VIEW_ERRORS"  # "" for a view that was scored
+VIEW_BOXES = "VIEW_BOXES"
 
 # A member model's own tensors (the ONNX graph's names: the same for every target).
 MEMBER_INPUT = "image"
@@ -121,11 +150,19 @@ ENSEMBLE_INPUTS: tuple[Tensor, ...] = (
 
 def preprocess_outputs(size: int) -> tuple[Tensor, ...]:
     return (
-        Tensor(PIXELS, "FP32", (2, size, size)),
+        Tensor(FRAME, "FP32", (1, size, size)),
         Tensor(GEOMETRY, "FP32", (GEOMETRY_LENGTH,)),
         Tensor(REGION_USED, "BYTES", (1,)),
         Tensor(REGION_SOURCE, "BYTES", (1,)),
     )
+
+
+def normalize_inputs(size: int) -> tuple[Tensor, ...]:
+    return (Tensor(FRAME, "FP32", (1, size, size)),)
+
+
+def normalize_outputs(size: int) -> tuple[Tensor, ...]:
+    return (Tensor(PIXELS, "FP32", (2, size, size)),)
 
 
 def member_inputs(size: int) -> tuple[Tensor, ...]:
@@ -187,10 +224,41 @@ def ensemble_outputs(members: int) -> tuple[Tensor, ...]:
     )
 
 
+STUDY_INPUTS: tuple[Tensor, ...] = (  # the study model does not batch: dims are the whole tensor
+    Tensor(IMAGE, "BYTES", (-1,)),
+    Tensor(REGION, "BYTES", (1,), optional=True),
+)
+
+
+def study_outputs() -> tuple[Tensor, ...]:
+    """What one request to `fracscan_study` answers: the study, then its views in request order."""
+    return (
+        Tensor(STUDY_SCORE, "FP32", (1,)),
+        Tensor(STUDY_FRACTURE, "BOOL", (1,)),
+        Tensor(STUDY_THRESHOLD, "FP32", (1,)),
+        Tensor(STUDY_LEVEL, "BYTES", (1,)),
+        Tensor(STUDY_DEFINITE_THRESHOLD, "FP32", (1,)),
+        Tensor(STUDY_FALLBACK, "BOOL", (1,)),
+        Tensor(STUDY_RULE, "BYTES", (1,)),
+        Tensor(STUDY_CALIBRATED, "BOOL", (1,)),
+        Tensor(STUDY_VIEWS_USED, "INT32", (1,)),
+        Tensor(REGION_USED, "BYTES", (1,)),
+        Tensor(VIEW_SCORES, "FP32", (-1,)),
+        Tensor(VIEW_THRESHOLDS, "FP32", (-1,)),
+        Tensor(VIEW_LEVELS, "BYTES", (-1,)),
+        Tensor(VIEW_REGIONS, "BYTES", (-1,)),
+        Tensor(VIEW_ERRORS, "BYTES", (-1,)),
+        Tensor(VIEW_BOXES, "FP32", (-1, VIEW_BOX_COLUMNS)),
+    )
+
+
+STUDY_OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in study_outputs())
+
 # The names the SDK asks the ensemble for (any subset works: see passed_through()).
 ENSEMBLE_OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in ensemble_outputs(1))
 
 RESERVED_NAMES: frozenset[str] = frozenset(
-    {IMAGE, REGION, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
+    {IMAGE, REGION, FRAME, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
     | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD}
+    | set(STUDY_OUTPUT_NAMES)
 )

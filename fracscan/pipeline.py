@@ -22,7 +22,7 @@ from fracscan import contract
 from fracscan.decode import DecodeError, decode_image
 from fracscan.onnxrt import ort_session
 from fracscan.postprocess import Decision, Thresholds, average_maps, average_scores, decide
-from fracscan.preprocess import EmptyImageError, Geometry, preprocess
+from fracscan.preprocess import EmptyImageError, Geometry, normalize_frame, preprocess_frame
 from fracscan.spec import EnsembleSpec, load_spec
 
 
@@ -38,15 +38,35 @@ class Prepared:
     region_source: str  # "user", "dicom" or "unknown"
 
 
-def prepare(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> Prepared:
-    """Step 1: decode, resolve the region, pre-process."""
+@dataclass(frozen=True)
+class PreparedFrame:
+    frame: npt.NDArray[np.float32]  # [1, S, S]: the plain frame in [-1, 1], padding -1
+    geometry: Geometry
+    region: str
+    region_source: str
+
+
+def prepare_frame(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> PreparedFrame:
+    """Step 1a (the `preprocess` model): decode, resolve the region, crop, resize, pad."""
     try:
         decoded = decode_image(data)
-        pixels, geometry = preprocess(decoded.pixels, spec.preprocess)
+        plain, geometry = preprocess_frame(decoded.pixels, spec.preprocess)
     except (DecodeError, EmptyImageError) as exc:
         raise InputError(f"preprocess: {exc}") from None
     region, source = spec.resolve_region(requested_region, decoded.region_terms)
-    return Prepared(pixels, geometry, region, source)
+    return PreparedFrame(plain[None], geometry, region, source)
+
+
+def normalize(frames: npt.NDArray[np.float32], spec: EnsembleSpec) -> npt.NDArray[np.float32]:
+    """Step 1b (the `normalize` model on the CPU target): frames [B, 1, S, S] -> pixels [B, 2, S, S]."""
+    return np.stack([normalize_frame(frame[0], spec.preprocess) for frame in frames])
+
+
+def prepare(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> Prepared:
+    """Step 1, the reference: both halves -> pixels [2, S, S] (plain, LCN) and the geometry."""
+    prepared = prepare_frame(data, requested_region, spec)
+    pixels = normalize(prepared.frame[None], spec)[0]
+    return Prepared(pixels, prepared.geometry, prepared.region, prepared.region_source)
 
 
 def combine(

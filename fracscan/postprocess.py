@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from fracscan.contract import Level
+from fracscan.contract import STUDY_RULES, Level
 from fracscan.preprocess import Geometry
 
 
@@ -41,12 +41,39 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
+class StudyThresholds:
+    """Study-level operating points, valid only for the aggregation rule they were calibrated for."""
+
+    rule: str  # one of contract.STUDY_RULES
+    regions: dict[str, OperatingPoint]
+    fallback: OperatingPoint
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def for_region(self, region: str) -> tuple[OperatingPoint, bool]:
+        point = self.regions.get(region)
+        return (point, False) if point is not None else (self.fallback, True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "regions": {name: _point_json(p) for name, p in sorted(self.regions.items())},
+            "fallback": _point_json(self.fallback),
+            "provenance": self.provenance,
+        }
+
+
+@dataclass(frozen=True)
 class Thresholds:
-    """Per-region operating points plus the fallback for unknown / unsupported regions."""
+    """Per-region operating points plus the fallback for unknown / unsupported regions.
+
+    `study` (optional) holds the study-level points of `fracscan calibrate --by-study`; without it a
+    study answer applies these image-level points with the default rule (and says so).
+    """
 
     regions: dict[str, OperatingPoint]
     fallback: OperatingPoint
     provenance: dict[str, Any] = field(default_factory=dict)
+    study: StudyThresholds | None = None
 
     def for_region(self, region: str) -> tuple[OperatingPoint, bool]:
         """(operating point, is_fallback) for a region name."""
@@ -54,11 +81,12 @@ class Thresholds:
         return (point, False) if point is not None else (self.fallback, True)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "regions": {name: _point_json(p) for name, p in sorted(self.regions.items())},
             "fallback": _point_json(self.fallback),
             "provenance": self.provenance,
         }
+        return out if self.study is None else {**out, "study": self.study.to_json()}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -85,7 +113,17 @@ class Thresholds:
         if not isinstance(raw, dict) or "fallback" not in raw:
             raise ThresholdsError(f"{where}: needs a 'fallback' operating point")
         regions = {str(k): point(f"region '{k}'", v) for k, v in (raw.get("regions") or {}).items()}
-        return cls(regions, point("fallback", raw["fallback"]), dict(raw.get("provenance") or {}))
+        study = raw.get("study")
+        if study is not None:
+            if not isinstance(study, dict) or "fallback" not in study or study.get("rule") not in STUDY_RULES:
+                raise ThresholdsError(f"{where}: 'study' needs a 'rule' ({', '.join(STUDY_RULES)}) and a 'fallback'")
+            study = StudyThresholds(
+                study["rule"],
+                {str(k): point(f"study region '{k}'", v) for k, v in (study.get("regions") or {}).items()},
+                point("study fallback", study["fallback"]),
+                dict(study.get("provenance") or {}),
+            )
+        return cls(regions, point("fallback", raw["fallback"]), dict(raw.get("provenance") or {}), study)
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:

@@ -3,7 +3,10 @@
 Input: a 2-D grayscale array where larger = brighter (the decoder has already applied the
 modality LUT and inverted MONOCHROME1). Output: a [2, S, S] float32 tensor (channel 0 the
 plain image, channel 1 its Local Contrast Normalization, both in [-1, 1]) and the
-`Geometry` that maps any point of the S x S frame back to original pixel coordinates.
+`Geometry` that maps any point of the S x S frame back to original pixel coordinates. It comes
+in two halves, as it is served: `preprocess_frame` (crop, resize, pad: the plain frame; the
+python `preprocess` model) and `normalize_frame` (the LCN channel; the `normalize` model, which
+on the GPU targets is the ONNX graph of `fracscan.export.normalize` instead).
 
 This is the one CPU implementation, written for speed (about 30 ms for a 3000 x 2500
 radiograph at S = 1024 on one core, 5-9x the scipy version it replaced; see benchmarks/). It
@@ -336,8 +339,15 @@ def _checked_block_mean(img: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], 
     return img, small, k
 
 
-def preprocess(img: NDArray[Any], spec: PreprocessSpec) -> tuple[NDArray[Any], Geometry]:
-    """Crop, resize (long side S, anti-aliased), pad to S x S; return ([2, S, S], geometry)."""
+def preprocess_frame(
+    img: NDArray[Any], spec: PreprocessSpec, out: NDArray[Any] | None = None
+) -> tuple[NDArray[Any], Geometry]:
+    """The decode-side half: crop, resize (long side S, anti-aliased), pad; return (plain [S, S], geometry).
+
+    The plain frame is in [-1, 1] and its padding is -1 (black). It is what the `preprocess` model
+    serves (as FRAME [1, S, S]); `normalize_frame` (or the `normalize` model) makes the [2, S, S]
+    member input from it.
+    """
     img = np.asarray(img)
     if img.ndim != 2 or img.size == 0:
         raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {img.shape}")
@@ -351,13 +361,27 @@ def preprocess(img: NDArray[Any], spec: PreprocessSpec) -> tuple[NDArray[Any], G
     scale = size / max(ch, cw)
     rh, rw = max(1, min(size, round(ch * scale))), max(1, min(size, round(cw * scale)))
     pad_top, pad_left = (size - rh) // 2, (size - rw) // 2
-    pixels = np.empty((2, size, size), dtype=np.float32)
-    plain = pixels[0]
+    plain = np.empty((size, size), dtype=np.float32) if out is None else out
     plain.fill(-1.0)
     window = plain[pad_top : pad_top + rh, pad_left : pad_left + rw]
     if hi - lo > 0:
         _resample(crop, lo, hi, rh, rw, window)
     else:
         window.fill(0.0)  # flat image: mid-gray
-    local_contrast_normalize(plain, spec, out=pixels[1])
-    return pixels, Geometry(y0, x0, y1, x1, rh, rw, pad_top, pad_left, size)
+    return plain, Geometry(y0, x0, y1, x1, rh, rw, pad_top, pad_left, size)
+
+
+def normalize_frame(plain: NDArray[Any], spec: PreprocessSpec) -> NDArray[Any]:
+    """The pixel half: plain [S, S] -> [2, S, S] (plain, LCN), the members' input."""
+    pixels = np.empty((2, *np.shape(plain)), dtype=np.float32)
+    pixels[0] = plain
+    local_contrast_normalize(pixels[0], spec, out=pixels[1])
+    return pixels
+
+
+def preprocess(img: NDArray[Any], spec: PreprocessSpec) -> tuple[NDArray[Any], Geometry]:
+    """Both halves: crop, resize, pad, LCN; return ([2, S, S], geometry)."""
+    pixels = np.empty((2, spec.size, spec.size), dtype=np.float32)
+    _, geometry = preprocess_frame(img, spec, out=pixels[0])
+    local_contrast_normalize(pixels[0], spec, out=pixels[1])
+    return pixels, geometry

@@ -17,10 +17,11 @@ import triton_python_backend_utils as pb_utils  # only importable inside the Tri
 
 from fracscan import contract as c
 from fracscan.onnxrt import ort_session
-from fracscan.pipeline import InputError, combine, prepare, run_member
+from fracscan.pipeline import InputError, combine, normalize, prepare_frame, run_member
 from fracscan.postprocess import Thresholds, decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
+from fracscan.study import StudyError, decide_study
 
 
 def _error(step: str, exc: BaseException, invalid_input: bool) -> pb_utils.InferenceResponse:
@@ -60,33 +61,45 @@ class _Base:
 
 
 class PreprocessModel(_Base):
-    """IMAGE (bytes) [+ REGION] -> PIXELS [2, S, S], GEOMETRY [9], REGION_USED, REGION_SOURCE."""
+    """IMAGE (bytes) [+ REGION] -> FRAME [1, S, S], GEOMETRY [9], REGION_USED, REGION_SOURCE."""
 
     step = "preprocess"
 
     def handle(self, request):
         images = _input(request, c.IMAGE)
         regions = _input(request, c.REGION)
-        pixels, geometry, used, source = [], [], [], []
+        frames, geometry, used, source = [], [], [], []
         for i, item in enumerate(images.reshape(len(images), -1)[:, 0]):
             requested = _text(regions.reshape(len(regions), -1)[i, 0]).strip() if regions is not None else ""
             try:
-                prepared = prepare(bytes(item), requested or None, self.spec)
+                prepared = prepare_frame(bytes(item), requested or None, self.spec)
             except InputError as exc:
                 prefix = f"image {i}: " if len(images) > 1 else ""
                 raise InputError(f"{prefix}{exc}") from None
-            pixels.append(prepared.pixels)
+            frames.append(prepared.frame)
             geometry.append(prepared.geometry.to_array())
             used.append([prepared.region.encode()])
             source.append([prepared.region_source.encode()])
         return pb_utils.InferenceResponse(
             [
-                pb_utils.Tensor(c.PIXELS, np.stack(pixels)),
+                pb_utils.Tensor(c.FRAME, np.stack(frames)),
                 pb_utils.Tensor(c.GEOMETRY, np.stack(geometry)),
                 pb_utils.Tensor(c.REGION_USED, np.array(used, dtype=np.object_)),
                 pb_utils.Tensor(c.REGION_SOURCE, np.array(source, dtype=np.object_)),
             ]
         )
+
+
+class NormalizeModel(_Base):
+    """FRAME [1, S, S] -> PIXELS [2, S, S] (plain, LCN) with the CPU path; the cpu target's `normalize`.
+
+    The GPU targets serve the ONNX graph of `fracscan.export.normalize` in this model's place.
+    """
+
+    step = "normalize"
+
+    def handle(self, request):
+        return pb_utils.InferenceResponse([pb_utils.Tensor(c.PIXELS, normalize(_input(request, c.FRAME), self.spec))])
 
 
 class MemberModel(_Base):
@@ -201,3 +214,98 @@ class ThresholdModel(_Base):
                 pb_utils.Tensor(c.DEFINITE_THRESHOLD, np.asarray(definite, dtype=np.float32)),
             ]
         )
+
+
+class StudyModel(_Base):
+    """IMAGE [N] (every view of one study) [+ REGION] -> the study answer and each view's (see the contract).
+
+    A BLS model: one request to the `fracscan` ensemble per view, so that one bad view does not sink its
+    study: it is reported in VIEW_ERRORS and the study is decided on the others (STUDY_VIEWS_USED). The
+    decision is `fracscan.study.decide_study`. Only a study without any scored view is an error.
+    """
+
+    step = "study"
+    wanted = (c.SCORE, c.THRESHOLD, c.REGION_USED, c.LEVEL, c.BOXES)
+
+    def initialize(self, args):
+        super().initialize(args)
+        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
+
+    def handle(self, request):
+        images = _input(request, c.IMAGE)
+        regions = _input(request, c.REGION)
+        requested = _text(regions.reshape(-1)[0]).strip() if regions is not None and regions.size else ""
+        if images is None or images.size == 0:
+            raise InputError("study: IMAGE holds no view")
+        views = [self._view(bytes(item), requested) for item in images.reshape(-1)]
+        used = [v for v in views if not v["error"]]
+        if not used:
+            errors = "; ".join(f"view {i}: {v['error']}" for i, v in enumerate(views))
+            raise InputError(f"study: no view could be scored ({errors})")
+        try:
+            scores, regions = [v["score"] for v in used], [v["region"] for v in used]
+            d = decide_study(scores, regions, self.thresholds, requested or None)
+        except StudyError as exc:
+            raise InputError(f"study: {exc}") from None
+        boxes = [np.c_[np.full(len(v["boxes"]), i), v["boxes"]] for i, v in enumerate(views) if len(v["boxes"])]
+        definite = c.NO_DEFINITE_THRESHOLD if d.definite_threshold is None else d.definite_threshold
+
+        def text(values):
+            return np.array([v.encode() for v in values], dtype=np.object_)
+
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor(c.STUDY_SCORE, np.array([d.score], dtype=np.float32)),
+                pb_utils.Tensor(c.STUDY_FRACTURE, np.array([d.fracture], dtype=bool)),
+                pb_utils.Tensor(c.STUDY_THRESHOLD, np.array([d.threshold], dtype=np.float32)),
+                pb_utils.Tensor(c.STUDY_LEVEL, text([d.level])),
+                pb_utils.Tensor(c.STUDY_DEFINITE_THRESHOLD, np.array([definite], dtype=np.float32)),
+                pb_utils.Tensor(c.STUDY_FALLBACK, np.array([d.fallback], dtype=bool)),
+                pb_utils.Tensor(c.STUDY_RULE, text([d.rule])),
+                pb_utils.Tensor(c.STUDY_CALIBRATED, np.array([d.calibrated], dtype=bool)),
+                pb_utils.Tensor(c.STUDY_VIEWS_USED, np.array([d.views_used], dtype=np.int32)),
+                pb_utils.Tensor(c.REGION_USED, text([d.region])),
+                pb_utils.Tensor(c.VIEW_SCORES, np.array([v["score"] for v in views], dtype=np.float32)),
+                pb_utils.Tensor(c.VIEW_THRESHOLDS, np.array([v["threshold"] for v in views], dtype=np.float32)),
+                pb_utils.Tensor(c.VIEW_LEVELS, text(v["level"] for v in views)),
+                pb_utils.Tensor(c.VIEW_REGIONS, text(v["region"] for v in views)),
+                pb_utils.Tensor(c.VIEW_ERRORS, text(v["error"] for v in views)),
+                pb_utils.Tensor(
+                    c.VIEW_BOXES,
+                    np.concatenate(boxes).astype(np.float32)
+                    if boxes
+                    else np.zeros((0, c.VIEW_BOX_COLUMNS), dtype=np.float32),
+                ),
+            ]
+        )
+
+    def _view(self, data: bytes, region: str) -> dict:
+        """One view through the ensemble: its score, region, level and boxes, or its error."""
+        inputs = [pb_utils.Tensor(c.IMAGE, np.array([[data]], dtype=np.object_))]
+        if region:
+            inputs.append(pb_utils.Tensor(c.REGION, np.array([[region.encode()]], dtype=np.object_)))
+        failed = {
+            "score": c.NO_VIEW_SCORE,
+            "threshold": c.NO_VIEW_SCORE,
+            "region": "",
+            "level": "",
+            "boxes": np.zeros((0, c.BOX_COLUMNS)),
+        }
+        try:
+            response = pb_utils.InferenceRequest(
+                model_name=c.ENSEMBLE_MODEL, requested_output_names=list(self.wanted), inputs=inputs
+            ).exec()
+        except Exception as exc:  # the call itself failed (the ensemble is not loaded, ...)
+            return {**failed, "error": f"{type(exc).__name__}: {exc}"}
+        if response.has_error():
+            return {**failed, "error": response.error().message() or "the ensemble failed"}
+        out = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self.wanted}
+        rows = out[c.BOXES].reshape(-1, c.BOX_COLUMNS)
+        return {
+            "score": float(out[c.SCORE].reshape(-1)[0]),
+            "threshold": float(out[c.THRESHOLD].reshape(-1)[0]),
+            "region": _text(out[c.REGION_USED].reshape(-1)[0]),
+            "level": _text(out[c.LEVEL].reshape(-1)[0]),
+            "boxes": rows[rows[:, 4] >= 0],  # the padding rows have confidence BOX_PADDING
+            "error": "",
+        }

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-
 from conftest import ROOT, example_files, synthetic_png
+
 from fracscan import contract as c
 from fracscan.postprocess import OperatingPoint, Thresholds, level_for
 

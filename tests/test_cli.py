@@ -68,7 +68,7 @@ def test_mixed_folder_scores_good_reports_bad_exit_1(server, mixed_folder):
 
 
 def test_stable_order_and_formats(server, mixed_folder, tmp_path):
-    root, good, _ = mixed_folder
+    _root, good, _ = mixed_folder
     first = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--concurrency", "4")
     second = run("predict", *good, "--url", server.http_url, "--format", "jsonl", "--concurrency", "1")
     assert first.returncode == second.returncode == 0
@@ -91,7 +91,7 @@ def test_stable_order_and_formats(server, mixed_folder, tmp_path):
 
 
 def test_region_override_and_glob(server, mixed_folder):
-    root, good, _ = mixed_folder
+    root, _good, _ = mixed_folder
     result = run("predict", str(root / "*.png"), "--url", server.http_url, "--region", "ankle", "--format", "jsonl")
     rows = jsonl(result.stdout)
     assert rows and all(r["region"] == "ankle" and r["region_source"] == "user" for r in rows if r["status"] == "ok")

@@ -29,9 +29,7 @@ def _string_literals(path: Path) -> list[tuple[int, str]]:
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
     out = []
     for tok in tokens:
-        if tok.type == tokenize.STRING:
-            out.append((tok.start[0], tok.string))
-        elif tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+        if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
             out.append((tok.start[0], tok.string))
     return out
 

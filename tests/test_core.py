@@ -50,7 +50,7 @@ def test_crop_finds_anatomy_inside_borders_with_marker(border):
 
 
 def test_crop_keeps_faint_edge_of_anatomy():
-    img, (y0, x0, y1, x1) = radiograph(border="black", marker=False)
+    img, (y0, x0, _y1, _x1) = radiograph(border="black", marker=False)
     img[y0 - 20 : y0, x0 + 100 : x0 + 140] = 900  # a fingertip: few pixels per row, but anatomy
     cy0, *_ = find_crop(img)
     assert cy0 <= y0 - 20
@@ -181,12 +181,12 @@ def test_builtin_specs_and_region_resolution():
 
 
 def test_spec_errors_name_the_problem(tmp_path):
-    with pytest.raises(SpecError, match="member #0 .*arch = 'resnet'"):
+    with pytest.raises(SpecError, match=r"member #0 .*arch = 'resnet'"):
         parse_spec({"regions": {"hand": ["HAND"]}, "members": [{"name": "a", "arch": "resnet"}]})
     with pytest.raises(SpecError, match="unique"):
         parse_spec({"regions": {"hand": []}, "members": [{"name": "a", "arch": "drn_d_22"}] * 2})
     (tmp_path / "s.toml").write_text("name = [")
-    with pytest.raises(SpecError, match="s.toml: not valid TOML"):
+    with pytest.raises(SpecError, match=r"s\.toml: not valid TOML"):
         load_spec(tmp_path / "s.toml")
 
 

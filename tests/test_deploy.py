@@ -180,7 +180,7 @@ def test_tensorrt_member_configs_parse_and_carry_trt_fields(spec, workdir, tmp_p
         assert (repo / name / "1" / "model.onnx").is_file()  # the engine is built from it in the container
     ensemble = _parse(repo / "fracscan" / "config.pbtxt")
     assert ensemble.platform == "ensemble"
-    assert [s.model_name for s in ensemble.ensemble_scheduling.step][1:3] == ["member_00", "member_01"]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step][1:4] == ["normalize", "member_00", "member_01"]
 
 
 def test_tensorrt_warmup_and_graph_options(spec, workdir, tmp_path):
@@ -261,7 +261,7 @@ def test_trtexec_commands():
     bf16 = trtexec_command("trtexec", Path("a.onnx"), Path("a.plan"), BuildOptions("bf16"), (2, 64, 64))
     assert "--bf16" in bf16 and "--fp16" not in bf16 and not any(c.startswith("--timingCacheFile") for c in bf16)
     fp32 = trtexec_command("trtexec", Path("a.onnx"), Path("a.plan"), BuildOptions("fp32"), (2, 64, 64))
-    assert not {"--fp16", "--bf16"} & set(fp32)
+    assert not {"--fp16", "--bf16"} & set(fp32) and "--noTF32" in fp32 and "--noTF32" not in bf16
 
 
 def test_cache_key_changes_with_each_component():
@@ -394,7 +394,7 @@ def test_build_driver_builds_skips_and_restores(trt_repo, tmp_path):
     builder = FakeBuilder()
 
     steps = build_repository_engines(trt_repo, orin, builder, options, cache, verify=False, log=lines.append)
-    assert [s.action for s in steps] == ["build", "build"] and builder.calls == ["member_00", "member_01"]
+    assert [s.action for s in steps] == ["build"] * 3 and builder.calls == ["member_00", "member_01", "normalize"]
     for name in ("member_00", "member_01"):
         plan = trt_repo / name / "1" / "model.sm87.plan"
         side = json.loads(sidecar_path(plan).read_text())
@@ -407,11 +407,11 @@ def test_build_driver_builds_skips_and_restores(trt_repo, tmp_path):
 
     builder.calls.clear()
     steps = build_repository_engines(trt_repo, orin, builder, options, cache, verify=False, log=lines.append)
-    assert [s.action for s in steps] == ["skip", "skip"] and builder.calls == []
+    assert [s.action for s in steps] == ["skip"] * 3 and builder.calls == []
 
     (trt_repo / "member_01" / "1" / "model.sm87.plan").unlink()  # e.g. a fresh container, cache volume kept
     steps = build_repository_engines(trt_repo, orin, builder, options, cache, verify=False, log=lines.append)
-    assert [s.action for s in steps] == ["skip", "restore"] and builder.calls == []
+    assert [s.action for s in steps] == ["skip", "restore", "skip"] and builder.calls == []
     assert engine_status(trt_repo / "member_01" / "1" / "model.sm87.plan", steps[1].key)[0]
 
     fp32 = lambda member: BuildOptions("fp32")  # noqa: E731
@@ -423,11 +423,11 @@ def test_build_driver_builds_skips_and_restores(trt_repo, tmp_path):
 
 def test_build_driver_reports_every_failure(trt_repo):
     builder = FakeBuilder(fail={"member_00"})
-    with pytest.raises(EngineBuildError, match=r"1 of 2 engine\(s\) failed:\nmember_00: fake failed: RuntimeError"):
+    with pytest.raises(EngineBuildError, match=r"1 of 3 engine\(s\) failed:\nmember_00: fake failed: RuntimeError"):
         build_repository_engines(
             trt_repo, H100, builder, lambda m: BuildOptions(), None, verify=False, log=lambda s: None
         )
-    assert builder.calls == ["member_00", "member_01"]  # the other member was still built
+    assert builder.calls == ["member_00", "member_01", "normalize"]  # the others were still built
     assert (trt_repo / "member_01" / "1" / "model.sm90.plan").is_file()
     assert not list((trt_repo / "member_00" / "1").glob("*.plan*"))  # nothing half-written
 
@@ -463,7 +463,7 @@ def test_cli_plan_check_and_build_without_tensorrt(trt_repo, capsys):
     assert "--timingCacheFile=/var/cache/fracscan/engines/timing-trt10.8.0-sm89.cache" in out
 
     assert tensorrt_main(["check", "--repository", str(trt_repo)]) == 0
-    assert capsys.readouterr().out.count(" - OK") == 2
+    assert capsys.readouterr().out.count(" - OK") == 3  # the members and normalize
 
     assert (
         tensorrt_main(
@@ -666,8 +666,9 @@ def test_k8s_manifests_content():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 1800
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    probe = ["python3", "-m", "fracscan.cli.health"]  # `fracscan health`, without importing every command
+    assert container["readinessProbe"]["exec"]["command"][:4] == [*probe, "--deep"]
+    assert container["livenessProbe"]["exec"]["command"][:5] == [*probe, "--live", "--stubs"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
@@ -694,7 +695,7 @@ def test_compose_file():
     for service in (gpu, cpu):
         assert service["shm_size"] == "2gb"
         assert sorted(service["ports"]) == ["8000:8000", "8001:8001", "8002:8002"]
-        assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+        assert "fracscan.cli.health --deep" in " ".join(service["healthcheck"]["test"])
         assert (ROOT / service["build"]["dockerfile"]).is_file()
     assert "engine-cache:/var/cache/fracscan/engines" in gpu["volumes"] and "engine-cache" in compose["volumes"]
     assert cpu["profiles"] == ["cpu"] and "profiles" not in gpu
@@ -741,6 +742,7 @@ def test_entrypoint_execs_tritonserver_with_explicit_settings(trt_repo, tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     args = (tmp_path / "tritonserver.args").read_text().split()
+    args = [a.rsplit("=", 1)[0] + "=KEY" if "admin-key=" in a else a for a in args]  # a random key per start
     assert args == [
         f"--model-repository={trt_repo}",
         "--model-control-mode=none",
@@ -752,6 +754,8 @@ def test_entrypoint_execs_tritonserver_with_explicit_settings(trt_repo, tmp_path
         "--allow-metrics=true",
         "--backend-config=python,shm-default-byte-size=67108864",
         "--backend-config=python,shm-growth-byte-size=67108864",
+        "--http-restricted-api=shared-memory,logging,trace:fracscan-admin-key=KEY",
+        "--grpc-restricted-protocol=shared-memory,logging,trace:fracscan-admin-key=KEY",
         "--log-verbose=1",
     ]
     assert not (tmp_path / "python3.args").exists()  # skipped on request

@@ -136,7 +136,7 @@ def test_parity_check_catches_a_diverged_model(tmp_path):
     path = export_member(model, spec, S, tmp_path / "m.onnx")
     with torch.no_grad():
         model.score_head.bias += 0.5
-    with pytest.raises(ParityError, match="drn_c_26_lcn.*score"):
+    with pytest.raises(ParityError, match=r"drn_c_26_lcn.*score"):
         check_parity(model, path, S)
 
 

@@ -22,7 +22,7 @@ from fracscan.spec import builtin_spec_path, load_spec, save_spec
 
 def test_every_config_parses_with_tritons_protobuf(repository):
     configs = sorted(repository.glob("*/config.pbtxt"))
-    assert len(configs) == 4 + len(EnsembleRepository.open(repository).spec.members)
+    assert len(configs) == 6 + len(EnsembleRepository.open(repository).spec.members)
     for path in configs:
         cfg = parse_config(path.read_text())
         assert cfg.name == path.parent.name
@@ -33,7 +33,7 @@ def test_generated_configs_parse_for_every_target(target):
     spec = load_spec(builtin_spec_path("jones2020"))
     options = RepositoryOptions()
     ensemble = parse_config(config_text(ensemble_config(spec, options)))
-    assert ensemble.platform == "ensemble" and len(ensemble.ensemble_scheduling.step) == 13
+    assert ensemble.platform == "ensemble" and len(ensemble.ensemble_scheduling.step) == 14
     assert ensemble.parameters["ensemble_spec"].string_value == "jones2020"
     for i in range(len(spec.members)):
         cfg = parse_config(config_text(member_config(spec, i, target, options)))

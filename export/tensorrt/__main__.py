@@ -98,7 +98,7 @@ def _environment(args: argparse.Namespace, trt_version: str | None) -> BuildEnvi
 def _options_for(args: argparse.Namespace) -> Callable[[MemberInfo], BuildOptions]:
     def options(member: MemberInfo) -> BuildOptions:
         profile = resolve_profile(member, args.min_batch, args.opt_batch, args.max_batch)
-        return BuildOptions(args.precision, profile, args.workspace_mib)
+        return BuildOptions(member.precision or args.precision, profile, args.workspace_mib)  # normalize: fp32
 
     return options
 

@@ -149,6 +149,8 @@ def trtexec_command(
     ]
     if options.precision in ("fp16", "bf16"):
         cmd.append(f"--{options.precision}")
+    else:  # fp32 means fp32: TensorRT otherwise allows TF32 convolutions (LCN's variance needs the bits)
+        cmd.append("--noTF32")
     if timing_cache is not None:
         cmd.append(f"--timingCacheFile={timing_cache}")
     cmd.append("--skipInference")  # build only; verification is done separately against ONNX Runtime
@@ -191,6 +193,8 @@ class PythonTensorRTBuilder:
             if not hasattr(trt.BuilderFlag, "BF16"):
                 raise EngineBuildError(f"TensorRT {self.version} has no BF16 builder flag")
             config.set_flag(trt.BuilderFlag.BF16)
+        else:  # fp32 means fp32, not TF32 (see trtexec_command)
+            config.clear_flag(trt.BuilderFlag.TF32)
         profile = builder.create_optimization_profile()
         mn, op, mx = options.profile.shapes(member.input_dims)
         profile.set_shape(member.input_name, mn, op, mx)

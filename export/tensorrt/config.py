@@ -1,8 +1,9 @@
 """The repository side of the tensorrt target: member config fields, engine file names, reading a repository.
 
 `fracscan export --target tensorrt` writes the fields of `tensorrt_member_fields` into each member's
-config.pbtxt; the engine build reads the members back (`tensorrt_members`) and, on a GPU whose compute
-capability the config does not list yet, adds it (`ensure_cc_mapping`).
+config.pbtxt, and those of `tensorrt_normalize_fields` into the `normalize` model's (an engine too,
+built in FP32); the engine build reads them back (`tensorrt_members`: every `tensorrt_plan` model) and,
+on a GPU whose compute capability the config does not list yet, adds it (`ensure_cc_mapping`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ INPUT_NAME = contract.MEMBER_INPUT
 ONNX_FILE = contract.ONNX_FILE
 DEFAULT_PLAN = "model.plan"  # Triton's fallback when the GPU's compute capability is not mapped
 TRT_PLATFORM = "tensorrt_plan"
+PRECISION_PARAMETER = "precision"  # a config parameter that overrides the build's --precision
+NORMALIZE_PRECISION = "fp32"
 
 _CC = re.compile(r"^(\d+)\.(\d+)$")
 
@@ -54,7 +57,23 @@ def tensorrt_member_fields(spec: EnsembleSpec, index: int, opt: RepositoryOption
     sizes and max_batch_size.
     """
     s = spec.preprocess.size
-    dims = [2, s, s]
+    return _plan_fields(INPUT_NAME, [2, s, s], opt)
+
+
+def tensorrt_normalize_fields(spec: EnsembleSpec, opt: RepositoryOptions) -> dict[str, Any]:
+    """ModelConfig fields of the `tensorrt` target's `normalize` model: a member's, on FRAME, built in FP32.
+
+    LCN divides by a local standard deviation computed as E[x^2] - E[x]^2: in FP16 that difference
+    loses most of its digits, so the config says `precision: fp32` and the engine build honours it
+    whatever precision the members are built in (`MemberInfo.precision`).
+    """
+    s = spec.preprocess.size
+    fields = _plan_fields(contract.FRAME, [1, s, s], opt)
+    fields["parameters"] = {PRECISION_PARAMETER: mc.ModelParameter(string_value=NORMALIZE_PRECISION)}
+    return fields
+
+
+def _plan_fields(input_name: str, dims: list[int], opt: RepositoryOptions) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "platform": TRT_PLATFORM,
         "default_model_filename": DEFAULT_PLAN,
@@ -72,14 +91,14 @@ def tensorrt_member_fields(spec: EnsembleSpec, index: int, opt: RepositoryOption
             else:
                 sample.random_data = True
             warmups.append(
-                mc.ModelWarmup(name=f"{opt.warmup}_batch{batch}", batch_size=batch, inputs={INPUT_NAME: sample})
+                mc.ModelWarmup(name=f"{opt.warmup}_batch{batch}", batch_size=batch, inputs={input_name: sample})
             )
         fields["model_warmup"] = warmups
     if opt.cuda_graphs:
         batches = sorted({b for b in opt.preferred_batch_sizes if b <= opt.max_batch_size} | {1, opt.max_batch_size})
         graphs = [
             mc.ModelOptimizationPolicy.Cuda.GraphSpec(
-                batch_size=b, input={INPUT_NAME: mc.ModelOptimizationPolicy.Cuda.GraphSpec.Shape(dim=dims)}
+                batch_size=b, input={input_name: mc.ModelOptimizationPolicy.Cuda.GraphSpec.Shape(dim=dims)}
             )
             for b in batches
         ]
@@ -99,6 +118,7 @@ class MemberInfo:
     input_name: str
     input_dims: tuple[int, ...]  # non-batch dims from config.pbtxt
     max_batch_size: int
+    precision: str | None = None  # the config's `precision` parameter: overrides the build's (normalize: fp32)
 
     @property
     def version_dir(self) -> Path:
@@ -142,6 +162,7 @@ def tensorrt_members(repository: Path, only: list[str] | None = None) -> list[Me
                 inputs[0].name,
                 tuple(int(d) for d in inputs[0].dims),
                 int(cfg.max_batch_size),
+                _precision(cfg),
             )
         )
     if only:
@@ -149,6 +170,10 @@ def tensorrt_members(repository: Path, only: list[str] | None = None) -> list[Me
         if missing:
             raise EngineBuildError(f"no tensorrt member(s) named {sorted(missing)} in {repository}")
     return members
+
+
+def _precision(cfg: mc.ModelConfig) -> str | None:
+    return (cfg.parameters[PRECISION_PARAMETER].string_value if PRECISION_PARAMETER in cfg.parameters else "") or None
 
 
 def ensure_cc_mapping(member_folder: Path, compute_capability: str) -> bool:

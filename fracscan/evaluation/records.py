@@ -86,6 +86,8 @@ def read_predictions(path: str | Path) -> list[PredictionRow]:
             raise EvaluationError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(raw, dict):
             raise EvaluationError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        if raw.get("kind") == "study":  # the study rows of `predict --by-study`: see evaluation.studies
+            continue
         source = raw.get("source")
         if not isinstance(source, str) or not source:
             raise EvaluationError(f"{where}: needs a non-empty string 'source'")
