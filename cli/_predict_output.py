@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +18,18 @@ from fracscan.client import Prediction, PredictionError
 from fracscan.decode import decode_image
 from fracscan.provenance import Provenance
 
-CSV_FIELDS = ["source", "status", "score", "fracture", "threshold", "region", "region_source", "boxes", "error"]
+CSV_FIELDS = [
+    "source",
+    "status",
+    "score",
+    "fracture",
+    "level",
+    "threshold",
+    "region",
+    "region_source",
+    "boxes",
+    "error",
+]
 OVERLAY_NOTICE_WIDTH = 50  # characters a line: the notice stays inside a small radiograph
 
 
@@ -39,7 +49,9 @@ def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
             # Unrounded: calibration compares these with thresholds exactly as the server does.
             "score": d["score"],
             "fracture": d["fracture"],
+            "level": d["level"],
             "threshold": d["threshold"],
+            "definite_threshold": d["definite_threshold"],
             "region": d["region"],
             "region_source": d["region_source"],
             "fallback": d["fallback"],
@@ -53,7 +65,9 @@ def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
         "status": "error",
         "score": None,
         "fracture": None,
+        "level": None,
         "threshold": None,
+        "definite_threshold": None,
         "region": None,
         "region_source": None,
         "fallback": None,
@@ -114,7 +128,10 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         source = escape(r["source"])  # a path with [brackets] is a path, not markup
         if r["status"] == "ok":
-            verdict = "[bold red]FRACTURE[/]" if r["fracture"] else "[green]no fracture[/]"
+            verdict = {"definite": "[bold red]FRACTURE[/] definite", "suspicious": "[yellow]FRACTURE[/] suspicious"}
+            verdict = verdict.get(
+                r.get("level") or "", "[bold red]FRACTURE[/]" if r["fracture"] else "[green]no fracture[/]"
+            )
             region = escape(r["region"]) + ("*" if r.get("fallback") else "")
             table.add_row(source, f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
         else:
@@ -130,23 +147,17 @@ def overlay_notice(record: Provenance | None) -> str:
 
 
 def write_overlay(result: Prediction, overlay_dir: Path, notice: str) -> None:
-    """The radiograph with the boxes and the score drawn on it, as a person would review it."""
-    from PIL import Image, ImageDraw
+    """The radiograph with the boxes (definite solid, suspicious dashed) and the decision drawn on it."""
+    from fracscan.client import overlay
 
-    pixels = decode_image(Path(result.source).read_bytes()).pixels
-    lo, hi = np.percentile(pixels, [0.5, 99.5])
-    gray = (np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
-    img = Image.fromarray(gray).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    width = max(2, round(max(img.size) / 300))
-    for box in result.boxes:
-        draw.rectangle([box.x0, box.y0, box.x1, box.y1], outline=(255, 40, 40), width=width)
-        draw.text((box.x0, max(0, box.y0 - 14 * width // 2)), f"{box.confidence:.2f}", fill=(255, 40, 40))
-    verdict = "FRACTURE" if result.fracture else "no fracture"
-    text = f"{verdict}  score {result.score:.3f} / threshold {result.threshold:.3f}  region {result.region}"
-    if notice:
-        text += "\n" + notice
-    font_size = max(12, img.size[0] // 40)
-    draw.multiline_text((8, 8), text, fill=(255, 220, 0), font_size=font_size, stroke_width=2, stroke_fill=(0, 0, 0))
+    image = overlay.windowed(decode_image(Path(result.source).read_bytes()).pixels)
+    overlay.draw_findings(image, result.boxes, result.level)
+    text = f"{verdict(result)}  score {result.score:.3f} / threshold {result.threshold:.3f}  region {result.region}"
+    overlay.draw_text(image, text + ("\n" + notice if notice else ""))
     name = str(Path(result.source).with_suffix("")).strip("/").replace(os.sep, "__") + ".png"
-    img.save(overlay_dir / name)
+    image.save(overlay_dir / name)
+
+
+def verdict(result: Prediction) -> str:
+    """The decision as a person reads it: the two levels of a positive answer are told apart."""
+    return {"definite": "FRACTURE (definite)", "suspicious": "FRACTURE (suspicious)"}.get(result.level, "no fracture")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -44,10 +45,8 @@ class AsyncFracScanClient(ClientBase):
         self.closed = True
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
-            try:
+            with contextlib.suppress(Exception):  # closing must not hide the result or the real error
                 await client.close()
-            except Exception:
-                pass
 
     def _client(self, ep: Endpoint) -> Any:
         if self.closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -47,10 +48,8 @@ class _ThreadClients:
         with self._lock:
             clients, self._all = self._all, []
         for client in clients:
-            try:
+            with contextlib.suppress(Exception):  # closing must not hide the result or the real error
                 client.close()
-            except Exception:  # closing must not hide the result or the real error
-                pass
 
 
 class FracScanClient(ClientBase):

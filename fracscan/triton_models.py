@@ -8,6 +8,7 @@ A bad input becomes an INVALID_ARG error response for that request: no exception
 
 from __future__ import annotations
 
+import itertools
 import json
 import traceback
 from pathlib import Path
@@ -124,7 +125,7 @@ class MemberModel(_Base):
         except Exception:
             return super().execute(requests)  # fall back to one request at a time, with errors
         bounds = np.cumsum([0] + [len(b) for b in batches])
-        return [_member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in zip(bounds, bounds[1:])]
+        return [_member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def handle(self, request):
         return _member_response(*run_member(self.session, _input(request, c.MEMBER_INPUT)))

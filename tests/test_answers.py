@@ -77,3 +77,34 @@ def test_served_level_matches_the_reference_and_its_thresholds(server, reference
         assert definite == pytest.approx(c.NO_DEFINITE_THRESHOLD if ref.definite_threshold is None else ref.definite_threshold)
         seen.add(level)
     assert {"negative", "definite"} <= seen  # the examples show the levels, not only one of them
+
+
+def test_overlays_draw_definite_solid_and_suspicious_dashed():
+    from PIL import Image
+
+    from fracscan.client.models import Box
+    from fracscan.client.overlay import COLOURS, draw_findings
+
+    box = Box(20.0, 20.0, 280.0, 280.0, 0.9)
+    drawn = {}
+    for level in ("definite", "suspicious"):
+        image = Image.new("RGB", (300, 300))
+        draw_findings(image, [box], level)
+        top_edge = np.asarray(image)[20, 25:275]  # the box's top edge, away from the confidence label
+        drawn[level] = int((top_edge == COLOURS[level]).all(axis=1).sum())
+    assert drawn["definite"] == 250  # solid: every pixel of the edge
+    assert 0.3 * 250 < drawn["suspicious"] < 0.7 * 250  # dashed: about half of it
+
+
+def test_cli_writes_the_level_in_every_format(server, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.csv"
+    examples = [str(p) for p in example_files()]
+    cmd = [sys.executable, "-m", "fracscan.cli", "predict", *examples, "--url", server.http_url, "--format", "csv"]
+    subprocess.run([*cmd, "-o", str(out)], check=True, capture_output=True, timeout=300)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(examples) and {r["level"] for r in rows} <= set(c.LEVELS)
+    assert all((r["level"] != "negative") == (r["fracture"] == "1") for r in rows)

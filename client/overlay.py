@@ -1,0 +1,70 @@
+"""Boxes drawn on a radiograph as a person reviews it: one drawing for the CLI's PNG overlays and the
+Secondary Capture (`fracscan.client.results.sc`).
+
+Definite findings are drawn solid red, suspicious ones dashed orange (the two-level answer); the
+decision text sits at the top left. Pillow and numpy only, so a client-only install can draw.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw
+
+from fracscan.client.models import Box
+
+COLOURS = {"definite": (255, 40, 40), "suspicious": (255, 165, 0)}
+TEXT_COLOUR = (255, 220, 0)
+
+
+def windowed(pixels: npt.NDArray[np.generic]) -> Image.Image:
+    """The radiograph windowed over its 0.5 - 99.5 percentiles, as RGB to draw on."""
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    gray = (np.clip((pixels - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+def font_size_for(image: Image.Image) -> int:
+    return max(12, image.size[0] // 40)
+
+
+def draw_findings(image: Image.Image, boxes: Iterable[Box], level: str) -> None:
+    """Each box with its confidence: solid for a definite finding, dashed for a suspicious one."""
+    draw = ImageDraw.Draw(image)
+    scale = max(image.size)
+    width = max(2, round(scale / 300))
+    font_size = font_size_for(image)
+    colour = COLOURS.get(level, COLOURS["suspicious"])
+    for box in boxes:
+        corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1), (box.x0, box.y0)]
+        if level == "definite":
+            draw.line(corners, fill=colour, width=width)
+        else:
+            _dashed(draw, corners, colour, width, dash=max(6, scale // 60))
+        draw.text((box.x0, max(0, box.y0 - font_size)), f"{box.confidence:.2f}", fill=colour, font_size=font_size)
+
+
+def draw_text(image: Image.Image, text: str) -> None:
+    draw = ImageDraw.Draw(image)
+    draw.multiline_text(
+        (8, 8), text, fill=TEXT_COLOUR, font_size=font_size_for(image), stroke_width=2, stroke_fill=(0, 0, 0)
+    )
+
+
+def _dashed(
+    draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour: tuple[int, int, int], width: int, dash: int
+) -> None:
+    """A dashed polyline (PIL draws solid lines only): dash, gap, dash along every segment."""
+    for (xa, ya), (xb, yb) in itertools.pairwise(points):
+        length = float(np.hypot(xb - xa, yb - ya))
+        steps = max(1, int(length // dash))
+        for i in range(0, steps, 2):
+            t0, t1 = i / steps, min(1.0, (i + 1) / steps)
+            draw.line(
+                [(xa + (xb - xa) * t0, ya + (yb - ya) * t0), (xa + (xb - xa) * t1, ya + (yb - ya) * t1)],
+                fill=colour,
+                width=width,
+            )
