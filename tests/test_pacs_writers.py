@@ -21,7 +21,7 @@ import pytest
 from conftest import EXAMPLES
 from pydicom.uid import generate_uid
 
-from fracscan.client import FracScanClient
+from fracscan.client import FracScanClient, overlay
 from fracscan.client.results import build_results, sc, skip_reason, uids, write_results
 from fracscan.client.results.context import ScoredImage
 from fracscan.provenance import Provenance
@@ -203,7 +203,7 @@ def test_sc_draws_definite_solid_and_suspicious_dashed_with_a_demo_banner(scored
     edge_rows = {}
     for level in ("definite", "suspicious"):
         image = np.asarray(sc.render(ScoredImage.make(data, dataclasses.replace(prediction, level=level), DEMO)))
-        colour = np.array(sc.COLOURS[level])
+        colour = np.array(overlay.COLOURS[level])
         y = min(round(box.y1), image.shape[0] - 4)
         band = image[y - 3 : y + 4, int(box.x0) + 3 : int(box.x1) - 3]  # the bottom edge, corners left out
         edge_rows[level] = np.all(np.abs(band.astype(int) - colour) < 8, axis=2).any(axis=0)
