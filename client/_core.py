@@ -34,10 +34,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fracscan import contract as c
 from fracscan import provenance
@@ -113,7 +114,7 @@ class Tls:
 
     def context(self, ssl_module: Any = ssl) -> ssl.SSLContext:
         """An SSLContext from `ssl_module` (the standard library's, or gevent.ssl for tritonclient.http)."""
-        ctx = ssl_module.create_default_context(cafile=self.ca_file)
+        ctx: ssl.SSLContext = ssl_module.create_default_context(cafile=self.ca_file)
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl_module.CERT_NONE
@@ -170,7 +171,8 @@ class RetryPolicy:
     max_delay: float = 2.0
 
     def delay(self, retry: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+        backoff: float = self.base_delay * 2 ** (retry - 1)  # int ** int is Any to mypy (it may be a float)
+        return min(self.max_delay, backoff) * random.uniform(0.5, 1.0)
 
 
 class Attempts:
@@ -197,6 +199,7 @@ class Attempts:
         if ep is None:  # every endpoint tried in this round: start a new round
             self.tried.clear()
             ep = self.router.pick(self.tried)
+        assert ep is not None  # with nothing tried, pick always finds one: parse_urls refuses an empty list
         self.tried.add(id(ep))
         return ep
 
@@ -218,7 +221,7 @@ class Attempts:
 # --- request and response -----------------------------------------------------------------
 
 
-def _bytes_tensor(value: bytes) -> np.ndarray:
+def _bytes_tensor(value: bytes) -> NDArray[np.object_]:
     # np.object_, not np.bytes_: numpy's fixed-width bytes drop trailing NUL bytes (DICOM, .npy end with them)
     tensor = np.empty((1, 1), dtype=np.object_)
     tensor[0, 0] = value
@@ -241,7 +244,7 @@ class Request:
         """What errors name: the input (a study request names its views)."""
         return self.payload.label
 
-    def tensors(self, protocol: str) -> tuple[list, list]:
+    def tensors(self, protocol: str) -> tuple[list[Any], list[Any]]:
         """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them)."""
         module = importlib.import_module(f"tritonclient.{protocol}")
         inputs = [module.InferInput(c.IMAGE, [1, 1], "BYTES")]
@@ -281,7 +284,7 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
         fracture=bool(first(c.FRACTURE)),
         threshold=float(first(c.THRESHOLD)),
         region=region,
-        region_source=region_source,  # type: ignore[arg-type]
+        region_source=cast(c.RegionSource, region_source),  # the server answers one of contract's values
         fallback=bool(first(c.FALLBACK)),
         boxes=tuple(Box(*(float(v) for v in row)) for row in rows if row[4] >= 0),
         member_scores=members,
@@ -292,7 +295,7 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
         sop_instance_uid=uids.get("sop"),
         series_instance_uid=uids.get("series"),
         study_instance_uid=uids.get("study"),
-        level=_text(first(c.LEVEL)),  # type: ignore[arg-type]
+        level=cast(c.Level, _text(first(c.LEVEL))),
         definite_threshold=None if definite < 0 else definite,
     )
 

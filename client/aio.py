@@ -38,7 +38,7 @@ class AsyncFracScanClient(ClientBase):
     async def __aenter__(self) -> AsyncFracScanClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -101,7 +101,7 @@ class AsyncFracScanClient(ClientBase):
 
     async def is_demo(self) -> bool:
         """True when the server runs the synthetic-data DEMO ensemble (not for clinical use)."""
-        record = (await self.provenance())
+        record = await self.provenance()
         return record is not None and record.demo
 
     async def provenance(self) -> Provenance | None:
@@ -131,7 +131,14 @@ class AsyncFracScanClient(ClientBase):
         except Exception:  # grpc raises for a model the server does not know
             model_ready, config = False, None
         return endpoint_info(
-            ep, self.model, live=live, ready=ready, metadata=metadata, index=index, model_ready=model_ready, config=config
+            ep,
+            self.model,
+            live=live,
+            ready=ready,
+            metadata=metadata,
+            index=index,
+            model_ready=model_ready,
+            config=config,
         )
 
     # -- prediction --
@@ -156,7 +163,7 @@ class AsyncFracScanClient(ClientBase):
         """
         concurrency = self._check_concurrency(concurrency)
         slots = asyncio.Semaphore(concurrency)  # a source is read only when its request may start
-        pending: deque[asyncio.Task] = deque()  # at most 2 x concurrency
+        pending: deque[asyncio.Task[Prediction | PredictionError]] = deque()  # at most 2 x concurrency
 
         async def one(source: Source) -> Prediction | PredictionError:
             async with slots:
@@ -184,10 +191,10 @@ class AsyncFracScanClient(ClientBase):
         read = await asyncio.to_thread(read_views, views, self.decode_on_client)  # file I/O, DICOM parsing
         request = StudyRequest.make(read, region)
         started = time.perf_counter()
-        result = await self._call(request, STUDY_MODEL)  # type: ignore[arg-type]
+        result = await self._call(request, STUDY_MODEL)
         return self._parse_study(result, request, time.perf_counter() - started)
 
-    async def _call(self, request: Request, model: str | None = None) -> Any:
+    async def _call(self, request: Request | StudyRequest, model: str | None = None) -> Any:
         """One inference with fail-over and retries (policy: `_core.Attempts`)."""
         attempts = self._attempts()
         while True:

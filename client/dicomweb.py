@@ -173,7 +173,7 @@ def predict_instances(
         if problem is not None:
             yield problem
             continue
-        if not result.ok:
+        if isinstance(result, PredictionError):  # same as `not result.ok`, and mypy narrows it
             yield replace(result, source=ref.label)
             continue
         prediction = replace(result, source=ref.label)

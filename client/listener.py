@@ -25,7 +25,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time: mypy cannot see it
 
 from fracscan.client.dimse import Destination, StoreFailed, store_datasets
 from fracscan.client.models import FracScanError, InputRejected, Prediction

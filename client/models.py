@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from fracscan.contract import Level, RegionSource  # the SDK re-exports both
+from fracscan.contract import Level as Level  # the SDK re-exports both
+from fracscan.contract import RegionSource as RegionSource
 
 ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
 
@@ -47,7 +48,7 @@ class FracScanTimeout(FracScanError, TimeoutError):
 class InputRejected(FracScanError, ValueError):
     """The server refused the input (HTTP 400 / gRPC INVALID_ARGUMENT); the reason is the server's message."""
 
-    kind = "rejected"
+    kind: ClassVar[ErrorKind] = "rejected"  # ErrorKind, not Literal["rejected"]: InvalidInput says "input"
 
 
 class InvalidInput(InputRejected):

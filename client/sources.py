@@ -14,9 +14,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from numpy.typing import NDArray
 
 from fracscan.client.models import InvalidInput
 from fracscan.decode import (
@@ -28,7 +30,7 @@ from fracscan.decode import (
     sniff_kind,
 )
 
-Source = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | pydicom.Dataset
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | NDArray[Any] | pydicom.Dataset
 
 UID_TAGS = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID"}
 HEAD_BYTES = 132  # enough to recognise every format (DICOM's magic ends at byte 132)
@@ -73,7 +75,7 @@ def read_source(source: Source, decode_on_client: bool = False) -> Payload:
     return Payload(label, _npy(compact_pixels(decoded.pixels)), "npy", uids, region)
 
 
-def compact_pixels(pixels: np.ndarray) -> np.ndarray:
+def compact_pixels(pixels: NDArray[np.float32]) -> NDArray[Any]:
     """The decoded float32 pixels as uint16 / int16 when that holds them exactly (half the bytes).
 
     Radiographs are integers of at most 16 bits stored, so this is the usual case; the server
@@ -157,7 +159,7 @@ def _read_file(path: Path, label: str) -> bytes:
             raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=label) from None
 
 
-def _npy(array: np.ndarray) -> bytes:
+def _npy(array: NDArray[Any]) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -181,7 +181,7 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
                 payload.label,
                 float(scores[i]),
                 float(thresholds[i]),
-                levels[i],
+                cast(Level, levels[i]),  # the server answers one of contract.LEVELS
                 regions[i],
                 own,
                 uids.get("sop"),
@@ -208,7 +208,7 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
         score=float(values(c.STUDY_SCORE)[0]),
         fracture=bool(values(c.STUDY_FRACTURE)[0]),
         threshold=float(values(c.STUDY_THRESHOLD)[0]),
-        level=_text(values(c.STUDY_LEVEL)[0]),
+        level=cast(Level, _text(values(c.STUDY_LEVEL)[0])),
         definite_threshold=None if definite < 0 else definite,
         region=region,
         fallback=bool(values(c.STUDY_FALLBACK)[0]),

@@ -67,7 +67,7 @@ class FracScanClient(ClientBase):
     def __enter__(self) -> FracScanClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -81,7 +81,11 @@ class FracScanClient(ClientBase):
             import gevent.ssl
             import tritonclient.http
 
-            tls = {"ssl": True, "ssl_context_factory": lambda **_: self.tls.context(gevent.ssl), "insecure": self.tls.insecure}
+            tls = {
+                "ssl": True,
+                "ssl_context_factory": lambda **_: self.tls.context(gevent.ssl),
+                "insecure": self.tls.insecure,
+            }
             return tritonclient.http.InferenceServerClient(
                 ep.address,
                 connection_timeout=self.connect_timeout,
@@ -151,7 +155,14 @@ class FracScanClient(ClientBase):
         except Exception:  # grpc raises for a model the server does not know
             model_ready, config = False, None
         return endpoint_info(
-            ep, self.model, live=live, ready=ready, metadata=metadata, index=index, model_ready=model_ready, config=config
+            ep,
+            self.model,
+            live=live,
+            ready=ready,
+            metadata=metadata,
+            index=index,
+            model_ready=model_ready,
+            config=config,
         )
 
     # -- prediction --
@@ -174,7 +185,9 @@ class FracScanClient(ClientBase):
         concurrency = self._check_concurrency(concurrency)
         clients = _ThreadClients(self._new_client)  # this call's worker threads get their own clients
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fracscan")
-        pending: deque[Future] = deque()  # at most 2 x concurrency: in flight + finished, waiting for their turn
+        pending: deque[Future[Prediction | PredictionError]] = (
+            deque()
+        )  # at most 2 x concurrency: in flight + finished, waiting for their turn
 
         def one(source: Source) -> Prediction | PredictionError:
             try:
@@ -214,10 +227,10 @@ class FracScanClient(ClientBase):
             raise FracScanError("the client is closed")
         request = StudyRequest.make(read_views(views, self.decode_on_client), region)
         started = time.perf_counter()
-        result = self._call(self._clients, request, STUDY_MODEL)  # type: ignore[arg-type]
+        result = self._call(self._clients, request, STUDY_MODEL)
         return self._parse_study(result, request, time.perf_counter() - started)
 
-    def _call(self, clients: _ThreadClients, request: Request, model: str | None = None) -> Any:
+    def _call(self, clients: _ThreadClients, request: Request | StudyRequest, model: str | None = None) -> Any:
         """One inference with fail-over and retries (policy: `_core.Attempts`)."""
         attempts = self._attempts()
         while True:

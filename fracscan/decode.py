@@ -17,14 +17,19 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO, Any, cast
 
 import numpy as np
 import pydicom
+from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_fragments
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 __all__ = [
@@ -130,11 +135,19 @@ def _j2k_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# numpy's stubs leave these untyped; the signatures are those numpy documents.
+_read_magic = cast(Callable[[IO[bytes]], tuple[int, int]], np.lib.format.read_magic)
+_ReadHeader = Callable[[IO[bytes]], tuple[tuple[int, ...], bool, np.dtype[Any]]]
+
+
 def _npy_size(data: bytes) -> tuple[int, int] | None:
     fp = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(fp)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        version = _read_magic(fp)
+        read_header = cast(
+            _ReadHeader,
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0,
+        )
         shape = read_header(fp)[0]
     except (ValueError, OSError, EOFError):
         return None  # np.load reports it
@@ -185,7 +198,7 @@ Image.MAX_IMAGE_PIXELS = max_pixels()  # never above our own limit (Pillow's is 
 
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: np.ndarray  # 2-D float32, larger = brighter
+    pixels: NDArray[np.float32]  # 2-D float32, larger = brighter
     kind: str  # "dicom", "png", "jpeg", "tiff" or "npy"
     region_terms: tuple[str, ...] = ()  # DICOM values that may name the region
     uids: dict[str, str] = field(default_factory=dict)  # sop / series / study instance UIDs
@@ -320,7 +333,7 @@ def _deflated_header(deflated: bytes) -> tuple[pydicom.Dataset, int, list[int]]:
     until they fit; returns them, their inflated length and the pixel data tag found (if any)."""
     seen: list[int] = []
 
-    def at_pixels(tag, vr, length) -> bool:
+    def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
         if tag >= _FIRST_PIXEL_TAG and tag.group == 0x7FE0:
             seen.append(int(tag))
             return True
@@ -355,7 +368,7 @@ def _read_deflated(data: bytes, meta: pydicom.Dataset, offset: int, header_only:
         raise DecodeError("DICOM has no pixel data")
     check_dimensions(_int_attr(ds, "Columns"), _int_attr(ds, "Rows"), "DICOM")
     if header_only:
-        ds.file_meta = meta
+        ds.file_meta = FileMetaDataset(meta)  # what pydicom's setter would convert it to
         return ds
     bound = header_bytes + 12 + _declared_pixel_bytes(ds) + DEFLATED_TRAILER_SLACK
     full = _inflate(data[offset:], bound)
@@ -367,7 +380,7 @@ def _read_deflated(data: bytes, meta: pydicom.Dataset, offset: int, header_only:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable DICOM: {dicom_error_reason(exc)}") from None
-    ds.file_meta = meta
+    ds.file_meta = FileMetaDataset(meta)  # what pydicom's setter would convert it to
     ds.set_original_encoding(False, True)
     return ds
 
@@ -401,7 +414,7 @@ def read_dicom_header(data: bytes) -> pydicom.Dataset:
     return _read_dicom(data, header_only=True)
 
 
-def _to_gray(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
+def _to_gray(arr: NDArray[Any], what: str, copy: bool = True) -> NDArray[np.float32]:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour, e.g. a screenshot of a radiograph
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     if arr.ndim != 2:
@@ -412,7 +425,7 @@ def _to_gray(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
     return arr.astype(np.float32, copy=copy)
 
 
-def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+def _rescale(arr: NDArray[Any], ds: pydicom.Dataset) -> NDArray[Any]:
     """The modality LUT: pydicom's `apply_modality_lut`, in float32 for integer slope and intercept.
 
     pydicom rescales in float64, a third of the decoding time of a large radiograph; with
@@ -431,7 +444,7 @@ def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return out
 
 
-def _dicom_pixels(ds: pydicom.Dataset) -> np.ndarray:
+def _dicom_pixels(ds: pydicom.Dataset) -> NDArray[np.float32]:
     """The stored pixels as brightness: palette applied, modality LUT applied, MONOCHROME1 inverted."""
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     if "PixelData" in ds and syntax is not None and syntax.is_encapsulated:

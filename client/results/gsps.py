@@ -119,4 +119,4 @@ def _window(scored: ScoredImage) -> hd.pr.SoftcopyVOILUTTransformation:
 
 def _first(value: object) -> float:
     """The first of several windows (a VOI attribute may hold one value or many)."""
-    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # type: ignore[arg-type]
+    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # type: ignore[arg-type]  # pydicom types DS values as Any-ish unions
