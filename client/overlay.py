@@ -21,7 +21,7 @@ COLOURS = {"definite": (255, 40, 40), "suspicious": (255, 165, 0)}
 TEXT_COLOUR = (255, 220, 0)
 
 
-def windowed(pixels: npt.NDArray[np.number[Any]]) -> Image.Image:
+def windowed(pixels: npt.NDArray[np.floating[Any] | np.integer[Any]]) -> Image.Image:
     """The radiograph windowed over its 0.5 - 99.5 percentiles, as RGB to draw on."""
     lo, hi = np.percentile(pixels, [0.5, 99.5])
     gray = (np.clip((pixels - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).astype(np.uint8)
