@@ -53,6 +53,11 @@ lint: $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py
 
+# Faults under load: 200 good and bad inputs through a supervised `fracscan serve` while a python stub,
+# then tritonserver, is killed; every input must be answered exactly once after --resume (1-2 minutes).
+soak: $(VENV)/.server
+	$(PY) benchmarks/soak.py
+
 # Regenerate the demo ensemble (synthetic data, training, export, calibration, examples).
 # Trains on a GPU if the venv's torch sees one (minutes), else on the CPU (hours on 2 cores).
 demo-rebuild: $(VENV)/.test

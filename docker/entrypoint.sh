@@ -6,8 +6,11 @@
 #    `python -m fracscan.export.tensorrt build`, inside this container (its TensorRT version is
 #    the one Triton's TensorRT backend loads), caching them on $FRACSCAN_ENGINE_CACHE.
 #    An up-to-date engine is skipped; one with the same cache key in the cache is copied.
-# 3. Execs tritonserver on the repository with explicit python-backend shared-memory settings
-#    and no model control (models are fixed at start-up).
+# 3. Execs tritonserver on the repository with explicit python-backend shared-memory settings,
+#    no model control (models are fixed at start-up) and the shared-memory, logging and trace
+#    APIs restricted over HTTP and gRPC: they need header fracscan-admin-key with a random key
+#    made here at each start and written nowhere, so nobody who reaches the ports can register
+#    /dev/shm regions or change the log settings.
 #
 # Arguments are appended to the tritonserver command line; a first argument that is not an
 # option (e.g. `bash`) is run instead.
@@ -21,6 +24,7 @@
 #   FRACSCAN_SHM_DEFAULT_BYTES  python backend shm-default-byte-size (default 64 MiB)
 #   FRACSCAN_SHM_GROWTH_BYTES   python backend shm-growth-byte-size (default 64 MiB)
 #   FRACSCAN_ORT_THREADS        ONNX Runtime threads per python-backend member (cpu target)
+#   FRACSCAN_ALLOW_API          comma-separated APIs to leave open, of shared-memory,logging,trace (default none)
 set -euo pipefail
 
 if [[ -x /opt/nvidia/nvidia_entrypoint.sh && -z "${FRACSCAN_NV_ENTRYPOINT_DONE:-}" ]]; then
@@ -38,6 +42,29 @@ cache="${FRACSCAN_ENGINE_CACHE:-/var/cache/fracscan/engines}"
 # shared-memory pool there and grow it in the same steps (Triton's defaults are 1 MiB).
 shm_default="${FRACSCAN_SHM_DEFAULT_BYTES:-67108864}"
 shm_growth="${FRACSCAN_SHM_GROWTH_BYTES:-67108864}"
+
+restricted=""
+IFS=, read -r -a allowed <<<"${FRACSCAN_ALLOW_API:-}"
+for api in "${allowed[@]}"; do
+    case "$api" in
+        shared-memory | logging | trace | "") ;;
+        *)
+            echo "fracscan: FRACSCAN_ALLOW_API: cannot allow '$api' (choose from shared-memory,logging,trace)" >&2
+            exit 2
+            ;;
+    esac
+done
+for api in shared-memory logging trace; do
+    if [[ ",${FRACSCAN_ALLOW_API:-}," != *",$api,"* ]]; then restricted+="${restricted:+,}$api"; fi
+done
+restrict_args=()
+if [[ -n "$restricted" ]]; then
+    key="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    restrict_args=(
+        "--http-restricted-api=$restricted:fracscan-admin-key=$key"
+        "--grpc-restricted-protocol=$restricted:fracscan-admin-key=$key"
+    )
+fi
 
 if [[ ! -f "$repo/fracscan.toml" ]]; then
     echo "fracscan: $repo is not a fracscan repository (no fracscan.toml); run 'fracscan export' first" >&2
@@ -74,4 +101,5 @@ exec tritonserver \
     --allow-metrics=true \
     --backend-config=python,shm-default-byte-size="$shm_default" \
     --backend-config=python,shm-growth-byte-size="$shm_growth" \
+    "${restrict_args[@]}" \
     "$@"

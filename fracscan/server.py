@@ -12,6 +12,11 @@ environment, the python backend works once three facts hold, and this module see
 3. this environment's `bin/` is first on the server's PATH, so the stub's `python` imports
    this environment's packages (numpy, onnxruntime, pydicom, fracscan).
 
+The server is locked down (`RESTRICTED_APIS`: registering system shared memory, changing the log and
+trace settings need a header whose value is a random key made per start, so nobody has it) unless
+`allow_apis` opens them; started from the main thread, it dies with its Python process (PR_SET_PDEATHSIG); a start
+removes the /dev/shm regions that a killed earlier server left behind.
+
 `DEMO_REPOSITORY` is the committed demo repository of a source checkout; an installed wheel does
 not include it, so starting on a repository that does not exist fails with a message that names
 the path and says to pass one.
@@ -20,16 +25,21 @@ the path and says to pass one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import importlib.metadata
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +50,14 @@ from fracscan.pipeline import EnsembleRepository
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
 SHM_DIR = Path("/dev/shm")  # where the python backend keeps its shared-memory regions
+SHM_PREFIX = re.compile(r"fracscan_(\d+)_\d+_")  # our regions: fracscan_<owner pid>_<http port>_<uuid>
+# APIs refused without the admin header: anyone who reaches the port could otherwise make the server
+# read inputs from / write outputs into any /dev/shm name, or change what it logs. `model-repository`
+# stays open: model control is `none` (no load / unload), and the SDK's health check reads its index.
+RESTRICTED_APIS = ("shared-memory", "logging", "trace")
+ADMIN_HEADER = "fracscan-admin-key"  # gRPC clients send it as metadata triton-grpc-protocol-fracscan-admin-key
+STUB_COMM = "triton_python_b"  # /proc/<pid>/comm of triton_python_backend_stub (the kernel keeps 15 characters)
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -59,6 +77,106 @@ def require_repository(path: Path) -> Path:
         f"no model repository at {path}; pass --repository DIR, a repository written by `fracscan export` "
         "(the demo repository, the default, exists only in a source checkout)"
     )
+
+
+def restricted_api_args(allow: tuple[str, ...] | list[str], key: str) -> list[str]:
+    """Triton's flags refusing RESTRICTED_APIS but those in `allow`, over HTTP and gRPC, without header `key`."""
+    unknown = set(allow) - set(RESTRICTED_APIS)
+    if unknown:
+        raise ValueError(
+            f"cannot allow {', '.join(sorted(unknown))}: the APIs to allow are {', '.join(RESTRICTED_APIS)}"
+        )
+    restricted = ",".join(api for api in RESTRICTED_APIS if api not in allow)
+    if not restricted:
+        return []
+    return [
+        f"--http-restricted-api={restricted}:{ADMIN_HEADER}={key}",
+        f"--grpc-restricted-protocol={restricted}:{ADMIN_HEADER}={key}",
+    ]
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """One python-backend stub, a child of tritonserver."""
+
+    pid: int
+    model: str  # "" once it is a zombie (the kernel drops its command line)
+    running: bool  # False: exited (a zombie nobody reaps)
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+def stub_processes(server_pid: int) -> dict[int, StubProcess]:
+    """The python stubs tritonserver `server_pid` started, from /proc (children of each of its threads)."""
+    children: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{server_pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children.update(int(c) for c in (task / "children").read_text().split())
+    stubs = {}
+    for pid in children:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
+                continue
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited and reaped meanwhile
+        model = Path(os.fsdecode(argv[1])).parts[-3] if len(argv) > 1 and argv[1].endswith(b"model.py") else ""
+        stubs[pid] = StubProcess(pid, model, _proc_state(pid) not in (None, "Z", "X"))
+    return stubs
+
+
+def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove our /dev/shm regions whose owner process is gone and that no process maps (a killed server's).
+
+    A region of a dead owner that some process still maps belongs to a server that outlived it: left alone.
+    """
+    stale = []
+    for region in shm_dir.glob("fracscan_*"):
+        match = SHM_PREFIX.match(region.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            stale.append(region)
+    if not stale:
+        return []
+    mapped = _mapped_shm_names()
+    removed = []
+    for region in stale:
+        if region.name not in mapped:
+            with contextlib.suppress(OSError):
+                region.unlink()
+                removed.append(region.name)
+    return removed
+
+
+def _mapped_shm_names() -> set[str]:
+    names: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            names.update(m.group(1) for m in re.finditer(r"/dev/shm/(fracscan_\S+)", maps.read_text()))
+    return names
+
+
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the thread that started it ends (even by SIGKILL).
+
+    prctl is looked up here, before the fork, so the child only calls it; a parent already gone
+    by then (the race the man page describes) ends the child at once.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
 
 
 def free_port() -> int:
@@ -117,7 +235,10 @@ class EmbeddedServer:
     """Start/stop `tritonserver` on a repository; a context manager.
 
     Ports default to free ones. The server runs in its own process group, so stopping it
-    also stops every python stub it started (no stray processes).
+    also stops every python stub it started (no stray processes). Started from the main thread it
+    also dies with this process however that ends (the kernel ties PR_SET_PDEATHSIG to the starting
+    thread, so a server started from a worker thread, which may end first, does not get it).
+    `allow_apis`: which of RESTRICTED_APIS to leave open. Stop and start again to restart on the same ports.
     """
 
     repository: Path = DEMO_REPOSITORY
@@ -129,6 +250,8 @@ class EmbeddedServer:
     ort_threads: int = 1
     shm_bytes: int = 64 * 1024 * 1024
     extra_args: list[str] = field(default_factory=list)
+    allow_apis: tuple[str, ...] = ()
+    exit_timeout_s: int = 10  # Triton's wait for requests in flight at SIGTERM
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +262,8 @@ class EmbeddedServer:
         # Our own name for the python backend's /dev/shm regions, so stop() can remove what a
         # killed server leaves behind (64 MiB each; Triton removes them only on a clean exit).
         self.shm_prefix = f"fracscan_{os.getpid()}_{self.http_port}_"
+        restricted_api_args(self.allow_apis, "")  # an unknown API name fails here, not at start
+        self.admin_key = secrets.token_hex(16)
 
     @property
     def http_url(self) -> str:
@@ -166,6 +291,8 @@ class EmbeddedServer:
             "--model-control-mode=none",  # no remote load/unload
             "--strict-readiness=true",
             "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            *restricted_api_args(self.allow_apis, self.admin_key),
             # Python-backend tensors travel through /dev/shm: start large enough for a batch
             # of 8 pre-processed frames at S = 1024 (8 x 8 MiB) and grow in big steps.
             f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
@@ -186,6 +313,9 @@ class EmbeddedServer:
     def start(self, timeout: float = 180.0) -> EmbeddedServer:
         require_repository(self.repository)
         EnsembleRepository.open(self.repository)  # fail early, with a clear message, on a bad repository
+        remove_stale_regions()
+        self.admin_key = secrets.token_hex(16)  # a new one per start: a key seen in a process list dies with it
+        on_main_thread = threading.current_thread() is threading.main_thread()
         # The log is closed here once the child has started: it keeps its own copy of the descriptor.
         with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
             self.process = subprocess.Popen(
@@ -195,6 +325,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent_hook() if on_main_thread else None,
             )
         try:
             self.wait_until_ready(timeout)
@@ -217,21 +348,34 @@ class EmbeddedServer:
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        proc, self.process = self.process, None
+    def stubs(self) -> dict[int, StubProcess]:
+        """The running server's python stubs by PID (empty when it is not running)."""
+        proc = self.process
+        return stub_processes(proc.pid) if proc is not None and proc.poll() is None else {}
+
+    def stop(self, timeout: float | None = None, force: bool = False) -> None:
+        """Stop the server: SIGTERM and up to `timeout` s (exit_timeout_s + 5) to finish, then SIGKILL.
+
+        `force`, or a dead python stub (Triton's unload then waits for it forever), kills at once.
+        The process stays recorded until it is gone, so an interrupted stop can be repeated.
+        """
+        proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()  # tritonserver unloads the models and stops its python stubs
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+        try:
+            if proc.poll() is None:
+                if not force and all(stub.running for stub in self.stubs().values()):
+                    proc.terminate()  # tritonserver unloads the models and stops its python stubs
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(self.exit_timeout_s + 5.0 if timeout is None else timeout)
                 proc.kill()
                 proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
-        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
-            region.unlink(missing_ok=True)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
+                region.unlink(missing_ok=True)
+            self.process = None
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -15,11 +15,20 @@ import pydicom
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import example_files, synthetic_png
 from tritonclient.utils import InferenceServerException
 
-from conftest import example_files, synthetic_png
-
-OUTPUTS = ["SCORE", "FRACTURE", "THRESHOLD", "REGION_USED", "REGION_SOURCE", "FALLBACK", "MEMBER_SCORES", "BOXES", "LEVEL"]
+OUTPUTS = [
+    "SCORE",
+    "FRACTURE",
+    "THRESHOLD",
+    "REGION_USED",
+    "REGION_SOURCE",
+    "FALLBACK",
+    "MEMBER_SCORES",
+    "BOXES",
+    "LEVEL",
+]
 
 
 def _clients(server):
@@ -42,7 +51,7 @@ def infer(server, protocol: str, images: list[bytes], regions: list[str] | None 
 
 def inputs_for_parity() -> list[tuple[bytes, str | None]]:
     files = [(p.read_bytes(), None) for p in example_files()[:6]]
-    return files + [(synthetic_png(1), "wrist"), (synthetic_png(2), None), (synthetic_png(3), "skull")]
+    return [*files, (synthetic_png(1), "wrist"), (synthetic_png(2), None), (synthetic_png(3), "skull")]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -96,8 +105,6 @@ def _non_image_dicom() -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -198,3 +205,28 @@ def test_backend_cache_is_shared_by_every_process(tmp_path):
     ]
     assert paths[0] == paths[1]
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(paths[0])]
+
+
+def test_restricted_api_flags_leave_out_what_is_allowed():
+    from fracscan.server import restricted_api_args
+
+    assert restricted_api_args((), "k") == [
+        "--http-restricted-api=shared-memory,logging,trace:fracscan-admin-key=k",
+        "--grpc-restricted-protocol=shared-memory,logging,trace:fracscan-admin-key=k",
+    ]
+    assert restricted_api_args(("logging",), "k")[0] == "--http-restricted-api=shared-memory,trace:fracscan-admin-key=k"
+    assert restricted_api_args(("shared-memory", "logging", "trace"), "k") == []
+    with pytest.raises(ValueError, match="cannot allow model-control"):
+        restricted_api_args(("model-control",), "k")
+
+
+def test_stale_regions_of_dead_owners_are_removed_others_kept(tmp_path):
+    from fracscan.server import remove_stale_regions
+
+    dead = tmp_path / "fracscan_4194304999_8000_dead"  # above any pid_max: no such process
+    alive = tmp_path / f"fracscan_{os.getpid()}_8000_alive"
+    other = tmp_path / "someone_else_4194304999"
+    for region in (dead, alive, other):
+        region.write_bytes(b"x")
+    assert remove_stale_regions(tmp_path) == [dead.name]
+    assert not dead.exists() and alive.exists() and other.exists()
