@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fracscan import evaluation as ev
@@ -76,6 +77,10 @@ def evaluate(
 ) -> None:
     """Metrics of the predictions against labels: overall and per region.
 
+    With box columns in the labels (x0,y0,x1,y1), also where the boxes land: the share of the
+    fractured radiographs whose top box overlaps a labelled box with IoU >= 0.3, and the box
+    sensitivity (the share of labelled boxes any predicted box hits), with Wilson 95% CIs.
+
     AUC, sensitivity, specificity, PPV, NPV with 95% CIs (Wilson for sensitivity and
     specificity; percentile bootstrap, stratified by label, for AUC, PPV and NPV) and Cohen's
     kappa. The operating point is the predictions' own `fracture` decision, or score >= the
@@ -122,6 +127,9 @@ def evaluate(
         },
         "intervals": {"sensitivity, specificity": "Wilson score 95%", "auc, ppv, npv": "bootstrap"},
     }
+    located = None if by_study else ev.localisation(matched.cases)
+    if located is not None:  # the labels have boxes
+        report["localisation"] = located
     if plot is not None:
         point = "the predictions’ decisions" if thresholds is None else thresholds.name
         title = f"ROC — {predictions.name} vs {labels.name} (n = {len(matched.cases)})"
@@ -173,4 +181,18 @@ def _print_table(report: dict[str, Any]) -> None:
     for name, m in report["regions"].items():
         row(name, m)
     # The shared `out` console wraps at 80 columns off a terminal; this table needs more.
-    Console(width=None if sys.stdout.isatty() else TABLE_WIDTH).print(table)
+    console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    console.print(table)
+    if "localisation" in report:
+        console.print(escape(localisation_line(report["localisation"])))
+
+
+def localisation_line(loc: dict[str, Any]) -> str:
+    """The localisation metrics in one sentence (labels with boxes only)."""
+    rate = format_value(loc["top_box_rate"], loc["top_box_rate_ci"] or None)
+    sens = format_value(loc["box_sensitivity"], loc["box_sensitivity_ci"] or None)
+    return (
+        f"localisation (IoU >= {loc['iou']:g}): top box on a labelled box in {loc['top_box_hits']} of "
+        f"{loc['radiographs']} fractured radiographs with boxes, {rate}; box sensitivity "
+        f"{loc['boxes_hit']} of {loc['boxes']} labelled boxes hit, {sens}"
+    )

@@ -306,9 +306,7 @@ def top_box_iou(rows: list[dict], split: Split) -> tuple[float, int]:
     for row, case in zip(rows, split.cases, strict=True):
         if case.fracture:
             total += 1
-            boxes = np.asarray(row["boxes"], dtype=float).reshape(-1, 5)
-            if len(boxes) and evaluation.iou(np.asarray(case.box, float), boxes[:1, :4])[0] >= evaluation.IOU_HIT:
-                hits += 1
+            hits += evaluation.top_box_hit([case.box], row["boxes"])
     return hits / max(total, 1), total
 
 

@@ -15,6 +15,7 @@ and outputs probabilities: `score` [B, 1] and, for map members, `map` [B, 1, S/8
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def scale_channels(channels: int, width: float) -> int:
     """Channel count under a width multiplier: a multiple of 4, at least 4."""
     if width == 1.0:
         return channels
-    return max(4, int(round(channels * width / 4)) * 4)
+    return max(4, round(channels * width / 4) * 4)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -106,13 +107,17 @@ def _conv_layers(cin: int, cout: int, n: int, stride: int = 1, dilation: int = 1
     """DRN-D's plain levels: n x (3x3 conv, BN, ReLU), the first one strided."""
     mods: list[nn.Module] = []
     for i in range(n):
-        mods += [_conv3x3(cin if i == 0 else cout, cout, stride if i == 0 else 1, dilation),
-                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        mods += [
+            _conv3x3(cin if i == 0 else cout, cout, stride if i == 0 else 1, dilation),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*mods)
 
 
-def _res_level(block, cin: int, planes: int, n: int, stride: int = 1, dilation: int = 1,
-               residual: bool = True) -> nn.Sequential:
+def _res_level(
+    block, cin: int, planes: int, n: int, stride: int = 1, dilation: int = 1, residual: bool = True
+) -> nn.Sequential:
     blocks = [block(cin, planes, stride, (dilation, dilation), residual)]
     blocks += [block(planes * block.expansion, planes, 1, (dilation, dilation), residual) for _ in range(n - 1)]
     return nn.Sequential(*blocks)
@@ -132,8 +137,9 @@ class DRN(nn.Module):
         ch = [scale_channels(c, width) for c in CHANNELS]
         exp = block.expansion
 
-        self.layer0 = nn.Sequential(nn.Conv2d(in_channels, ch[0], 7, padding=3, bias=False),
-                                    nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True))
+        self.layer0 = nn.Sequential(
+            nn.Conv2d(in_channels, ch[0], 7, padding=3, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True)
+        )
         if kind == "C":
             self.layer1 = _res_level(BasicBlock, ch[0], ch[0], n[0])
             self.layer2 = _res_level(BasicBlock, ch[0], ch[1], n[1], stride=2)
@@ -208,8 +214,9 @@ class FractureMember(nn.Module):
     def select_input(self, image: torch.Tensor) -> torch.Tensor:
         # Checked eagerly only: under ONNX tracing the shape is fixed by the export itself.
         if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 2):
-            raise ValueError(f"member {self.spec.name!r}: expected image [B, 2, S, S] "
-                             f"(plain, LCN), got {list(image.shape)}")
+            raise ValueError(
+                f"member {self.spec.name!r}: expected image [B, 2, S, S] (plain, LCN), got {list(image.shape)}"
+            )
         if self.spec.input == "plain":
             return image[:, 0:1]
         if self.spec.input == "lcn":
@@ -253,56 +260,91 @@ def _listed(keys: list[str], limit: int = 6) -> str:
     return "in [" + ", ".join(modules[:limit]) + "]" + more
 
 
+@dataclass(frozen=True)
+class KeyReport:
+    """How a state_dict differs from a member's own: every key, nothing left out."""
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shapes: tuple[str, ...] = ()  # "key (checkpoint shape) vs (model shape)"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shapes)
+
+
+def compare_state_dict(member: FractureMember, state: dict) -> KeyReport:
+    own = member.state_dict()
+    return KeyReport(
+        missing=tuple(k for k in own if k not in state),
+        unexpected=tuple(k for k in state if k not in own),
+        shapes=tuple(
+            f"{k} {_shape(state[k])} vs {_shape(own[k])}"
+            for k in own
+            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+        ),
+    )
+
+
 def check_state_dict(member: FractureMember, state: dict) -> None:
     """Raise CheckpointMismatchError when `state` does not fit `member` exactly."""
-    own = member.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {_shape(state[k])} vs {_shape(own[k])}" for k in own
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or shapes):
+    report = compare_state_dict(member, state)
+    if report.ok:
         return
+    missing, unexpected, shapes = report.missing, report.unexpected, report.shapes
     spec = member.spec
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys {_listed(missing)}")
+        problems.append(f"{len(missing)} missing keys {_listed(list(missing))}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys {_listed(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys {_listed(list(unexpected))}")
     if shapes:
-        problems.append(f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:3])}"
-                        + (f" ... and {len(shapes) - 3} more" if len(shapes) > 3 else ""))
+        problems.append(
+            f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:3])}"
+            + (f" ... and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+        )
     raise CheckpointMismatchError(
         f"member {spec.name!r}: checkpoint does not match arch {spec.arch} width {spec.width} "
-        f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}: " + ", ".join(problems))
+        f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}: "
+        + ", ".join(problems)
+        + " (`fracscan export --check` lists every key)"
+    )
 
 
-def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> FractureMember:
-    """Build a member and load `spec.checkpoint` (a state_dict, path relative to `spec_dir`), in eval mode.
+def member_state(spec: MemberSpec, spec_dir: str | Path | None = None):
+    """(member, converted checkpoint) for `spec.checkpoint`, any supported layout (fracscan.export.checkpoints).
 
-    Accepts a bare state_dict or a dict holding one under "state_dict" / "model", and strips a
-    DataParallel "module." prefix. Raises CheckpointMismatchError if it does not fit.
+    BatchNorm's `num_batches_tracked` counters, absent from checkpoints of older PyTorch versions, are
+    taken from the fresh member: they do not change what the member computes.
     """
+    from fracscan.export.checkpoints import CheckpointError, read_state_dict, to_member_state
+
     if not spec.checkpoint:
         raise ValueError(f"member {spec.name!r}: the spec gives no checkpoint")
     path = Path(spec.checkpoint)
     if not path.is_absolute() and spec_dir is not None:
         path = Path(spec_dir) / path
-    if not path.is_file():
-        raise FileNotFoundError(f"member {spec.name!r}: checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors: say which member and file
-        raise CheckpointMismatchError(f"member {spec.name!r}: cannot read checkpoint {path}: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"member {spec.name!r}: checkpoint {path} is not a state_dict")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        converted = to_member_state(read_state_dict(path, spec.name), spec)
+    except CheckpointError as exc:
+        raise CheckpointMismatchError(str(exc)) from exc
     member = build_member(spec)
-    check_state_dict(member, state)
-    member.load_state_dict(state)
+    for key, value in member.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in converted.state:
+            converted.state[key] = value
+    return member, converted
+
+
+def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> FractureMember:
+    """Build a member and load `spec.checkpoint` (path relative to `spec_dir`), in eval mode.
+
+    Accepts a bare state_dict or a dict holding one under "state_dict" / "model", strips a
+    DataParallel "module." prefix, and maps the DRN reference implementation's layouts
+    (fracscan.export.checkpoints). Raises CheckpointMismatchError if it does not fit.
+    """
+    member, converted = member_state(spec, spec_dir)
+    check_state_dict(member, converted.state)
+    member.load_state_dict(converted.state)
     return member.eval()
 
 
@@ -323,6 +365,6 @@ def calibrate_batchnorm(model: nn.Module, images) -> nn.Module:
     model.train()
     for x in images:
         model(x)
-    for m, mom in zip(bns, momenta):
+    for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     return model.train(was_training)

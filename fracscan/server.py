@@ -46,6 +46,7 @@ from pathlib import Path
 import httpx
 
 from fracscan.pipeline import EnsembleRepository
+from fracscan.ports import require_free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -313,6 +314,8 @@ class EmbeddedServer:
     def start(self, timeout: float = 180.0) -> EmbeddedServer:
         require_repository(self.repository)
         EnsembleRepository.open(self.repository)  # fail early, with a clear message, on a bad repository
+        # A busy port: refuse now, naming it (tritonserver would fail only after its stubs started).
+        require_free_ports(self.host, http=self.http_port, grpc=self.grpc_port, metrics=self.metrics_port)
         remove_stale_regions()
         self.admin_key = secrets.token_hex(16)  # a new one per start: a key seen in a process list dies with it
         on_main_thread = threading.current_thread() is threading.main_thread()

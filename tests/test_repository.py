@@ -49,9 +49,23 @@ def test_export_regenerates_the_committed_repository(repository, tmp_path):
     save_spec(replace(repo.spec, members=members), spec_path)
     out = tmp_path / "repo"
     result = subprocess.run(
-        [sys.executable, "-m", "fracscan.cli", "export", "--spec", str(spec_path), "--target", "cpu",
-         "-o", str(out), "--thresholds", str(repository / "thresholds.json")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fracscan.cli",
+            "export",
+            "--spec",
+            str(spec_path),
+            "--target",
+            "cpu",
+            "-o",
+            str(out),
+            "--thresholds",
+            str(repository / "thresholds.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for path in sorted(repository.glob("*/config.pbtxt")):
@@ -64,7 +78,9 @@ def test_export_regenerates_the_committed_repository(repository, tmp_path):
 def test_export_errors_are_clear(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fracscan.cli", "export", "--spec", "jones2020", "-o", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode == 2 and "has neither an 'onnx' file nor a 'checkpoint'" in result.stderr
+    assert result.returncode == 2 and "have neither an 'onnx' file nor a 'checkpoint'" in result.stderr
     assert "Traceback" not in result.stderr

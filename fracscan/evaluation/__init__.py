@@ -10,7 +10,8 @@ One file a job:
 * `rules`       the threshold rules: score order statistics, IoU, box hits.
 * `calibration` per-region operating points as the core's `Thresholds` (`calibrate` ->
                 `CalibrationResult`), the map-threshold recheck, what a calibration achieves.
-* `metrics`     AUC, ROC, Wilson and bootstrap CIs, kappa, per-region reports (`evaluate`).
+* `metrics`     AUC, ROC, Wilson and bootstrap CIs, kappa, per-region reports (`evaluate`), where the
+                boxes land (`localisation`: top-box IoU rate, box sensitivity).
 * `plots`       ROC curves as a PNG; matplotlib is imported only when called.
 """
 
@@ -32,6 +33,7 @@ from fracscan.evaluation.metrics import (
     cohen_kappa,
     decisions_for,
     evaluate,
+    localisation,
     percentile_interval,
     rng_for,
     roc_curve,
@@ -47,6 +49,7 @@ from fracscan.evaluation.rules import (
     required_count,
     sensitivity_threshold,
     specificity_threshold,
+    top_box_hit,
 )
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "file_provenance",
     "fit_by_region",
     "iou",
+    "localisation",
     "map_threshold_from_hits",
     "match",
     "model_identity",
@@ -85,5 +89,6 @@ __all__ = [
     "roc_curve",
     "sensitivity_threshold",
     "specificity_threshold",
+    "top_box_hit",
     "wilson_interval",
 ]

@@ -17,6 +17,7 @@ from scipy import stats
 
 from fracscan.evaluation.matching import Case
 from fracscan.evaluation.records import EvaluationError
+from fracscan.evaluation.rules import IOU_HIT, box_hit_confidences, top_box_hit
 from fracscan.postprocess import Thresholds
 
 
@@ -208,3 +209,30 @@ def evaluate(cases: list[Case], decisions: Any, *, bootstrap: int = 1000, seed: 
             y[mask], s[mask], d[mask], bootstrap=bootstrap, seed=seed, key=f"region:{name}"
         )
     return out
+
+
+def localisation(cases: list[Case]) -> dict[str, Any] | None:
+    """Where the boxes land, over the fractured radiographs whose labels have boxes; None when none has.
+
+    `top_box_rate`: the share of those radiographs whose top box (the answer's first) overlaps a
+    labelled box with IoU >= IOU_HIT; `box_sensitivity`: the share of their labelled boxes hit by any
+    predicted box. A radiograph called negative has no boxes, so it counts as a miss in both.
+    Wilson 95% intervals.
+    """
+    boxed = [c for c in cases if c.label and len(c.label_boxes)]
+    if not boxed:
+        return None
+    top = sum(top_box_hit(c.label_boxes, c.pred_boxes) for c in boxed)
+    hits = np.concatenate([box_hit_confidences(c) for c in boxed])
+    found = int(np.count_nonzero(~np.isnan(hits)))
+    return {
+        "iou": IOU_HIT,
+        "radiographs": len(boxed),
+        "top_box_hits": top,
+        "top_box_rate": top / len(boxed),
+        "top_box_rate_ci": list(wilson_interval(top, len(boxed)) or ()),
+        "boxes": int(hits.size),
+        "boxes_hit": found,
+        "box_sensitivity": found / hits.size,
+        "box_sensitivity_ci": list(wilson_interval(found, int(hits.size)) or ()),
+    }

@@ -91,6 +91,15 @@ def box_hit_confidences(case: Case, min_iou: float = IOU_HIT) -> NDArray[np.floa
     return out
 
 
+def top_box_hit(label_boxes: Any, pred_boxes: Any, min_iou: float = IOU_HIT) -> bool:
+    """Whether the top predicted box (the first: highest confidence) overlaps a labelled box with IoU >= min_iou."""
+    pred = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 5)
+    labels = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(pred) or not len(labels):
+        return False
+    return bool(iou(pred[0, :4], labels).max() >= min_iou)
+
+
 def map_threshold_from_hits(hit_confidences: Any, target: float) -> float | None:
     """Largest m such that at least `target` of the labelled boxes are hit at confidence >= m.
 
