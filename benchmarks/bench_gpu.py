@@ -73,8 +73,10 @@ def torch_has_cuda() -> bool:
 def pick_runtime(wanted: str) -> str:
     ort_ok, torch_ok = ort_has_cuda(), torch_has_cuda()
     if wanted == "ort" and not ort_ok:
-        raise NoGpu("--runtime ort: onnxruntime has no CUDAExecutionProvider here "
-                    "(pip install onnxruntime-gpu, on a machine with an NVIDIA GPU and driver)")
+        raise NoGpu(
+            "--runtime ort: onnxruntime has no CUDAExecutionProvider here "
+            "(pip install onnxruntime-gpu, on a machine with an NVIDIA GPU and driver)"
+        )
     if wanted == "torch" and not torch_ok:
         raise NoGpu("--runtime torch: torch.cuda.is_available() is False (a CPU build of torch, or no GPU / driver)")
     if wanted == "auto":
@@ -82,9 +84,11 @@ def pick_runtime(wanted: str) -> str:
             return "ort"
         if torch_ok:
             return "torch"
-        raise NoGpu("no CUDA GPU available: onnxruntime has no CUDAExecutionProvider and torch.cuda.is_available() "
-                    "is False. Run this on a GPU machine (onnxruntime-gpu or a CUDA build of torch); "
-                    "the CPU benchmark is benchmarks/bench.py")
+        raise NoGpu(
+            "no CUDA GPU available: onnxruntime has no CUDAExecutionProvider and torch.cuda.is_available() "
+            "is False. Run this on a GPU machine (onnxruntime-gpu or a CUDA build of torch); "
+            "the CPU benchmark is benchmarks/bench.py"
+        )
     return wanted
 
 
@@ -94,15 +98,27 @@ def device_info(runtime: str) -> dict:
         import torch
 
         props = torch.cuda.get_device_properties(0)
-        info.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
-                    memory_gib=round(props.total_memory / 2**30, 1), sms=props.multi_processor_count,
-                    torch=torch.__version__)
+        info.update(
+            name=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            sms=props.multi_processor_count,
+            torch=torch.__version__,
+        )
     else:
         try:  # onnxruntime-gpu without torch: ask the driver
             import subprocess
 
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             if out:
                 name, cc, mem = (x.strip() for x in out[0].split(","))
                 info.update(name=name, compute_capability=cc, memory=mem)
@@ -135,7 +151,10 @@ def ort_runner(onnx_path: Path, size: int, batch: int, precision: str, device: s
     if precision != "fp32":
         raise SystemExit("--runtime ort runs the exported fp32 ONNX; use --runtime torch for fp16")
     if device == "cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
+        providers = [
+            ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}),
+            "CPUExecutionProvider",
+        ]
     else:
         providers = ["CPUExecutionProvider"]
     session = ort_session(onnx_path, providers=providers)
@@ -167,7 +186,11 @@ def torch_runner(member_spec, size: int, batch: int, precision: str, device: str
     torch.manual_seed(0)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = build_member(member_spec).eval().to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
-    x = torch.empty(batch, 2, size, size, device=device, dtype=dtype).uniform_(-1, 1).contiguous(memory_format=torch.channels_last)
+    x = (
+        torch.empty(batch, 2, size, size, device=device, dtype=dtype)
+        .uniform_(-1, 1)
+        .contiguous(memory_format=torch.channels_last)
+    )
 
     def run() -> None:
         with torch.inference_mode():
@@ -197,14 +220,22 @@ def time_runner(run, sync, min_seconds: float, min_iters: int = 5) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=DEMO_REPOSITORY, help="repository whose members (and spec) to run")
-    parser.add_argument("--spec", default=None, help="instead of the repository's spec: a spec file or a built-in name "
-                        "(jones2020, demo); torch runtime only (random weights)")
+    parser.add_argument(
+        "--repository", type=Path, default=DEMO_REPOSITORY, help="repository whose members (and spec) to run"
+    )
+    parser.add_argument(
+        "--spec",
+        default=None,
+        help="instead of the repository's spec: a spec file or a built-in name "
+        "(jones2020, demo); torch runtime only (random weights)",
+    )
     parser.add_argument("--runtime", choices=("auto", "ort", "torch"), default="auto")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--seconds", type=float, default=1.0, help="time each (member, batch) for at least this long")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak for --precision (default: datasheet table)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the GPU's peak for --precision (default: datasheet table)"
+    )
     parser.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)  # exercises the code paths on CPU
     args = parser.parse_args(argv)
 
@@ -219,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.spec:
         if runtime != "torch":
-            print("bench_gpu: --spec needs --runtime torch (ONNX files exist only for a repository's members)", file=sys.stderr)
+            print(
+                "bench_gpu: --spec needs --runtime torch (ONNX files exist only for a repository's members)",
+                file=sys.stderr,
+            )
             return 2
         spec_path = Path(args.spec) if Path(args.spec).exists() else builtin_spec_path(args.spec)
         spec, repo = load_spec(spec_path), None
@@ -248,13 +282,23 @@ def main(argv: list[str] | None = None) -> int:
                     run, sync = torch_runner(member, size, batch, args.precision, device)
                 seconds, iters = time_runner(run, sync, args.seconds)
                 tflops = flops * batch / seconds / 1e12
-                rows.append({
-                    "member": spec.member_model_name(i), "name": member.name, "batch": batch,
-                    "gflops_per_image": flops / 1e9, "ms_per_batch": seconds * 1000, "iters": iters,
-                    "images_per_s": batch / seconds, "tflops": tflops,
-                    "percent_of_peak": 100 * tflops / peak if peak else None,
-                })
-                print(f"  {spec.member_model_name(i)} batch {batch}: {seconds * 1000:.2f} ms, {tflops:.2f} TFLOP/s", file=sys.stderr)
+                rows.append(
+                    {
+                        "member": spec.member_model_name(i),
+                        "name": member.name,
+                        "batch": batch,
+                        "gflops_per_image": flops / 1e9,
+                        "ms_per_batch": seconds * 1000,
+                        "iters": iters,
+                        "images_per_s": batch / seconds,
+                        "tflops": tflops,
+                        "percent_of_peak": 100 * tflops / peak if peak else None,
+                    }
+                )
+                print(
+                    f"  {spec.member_model_name(i)} batch {batch}: {seconds * 1000:.2f} ms, {tflops:.2f} TFLOP/s",
+                    file=sys.stderr,
+                )
     except NoGpu as exc:
         print(f"bench_gpu: {exc}", file=sys.stderr)
         return 2
@@ -262,25 +306,49 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Members on {info.get('name')} via {runtime} ({args.precision}), S = {size}; "
-                        f"peak {peak if peak else '?'} TFLOP/s ({peak_basis})", title_style="bold")
+    table = Table(
+        title=f"Members on {info.get('name')} via {runtime} ({args.precision}), S = {size}; "
+        f"peak {peak if peak else '?'} TFLOP/s ({peak_basis})",
+        title_style="bold",
+    )
     for col in ("member", "batch", "GFLOP/img", "ms/batch", "img/s", "TFLOP/s", "% of peak"):
         table.add_column(col, justify="left" if col == "member" else "right")
     for r in rows:
-        table.add_row(f"{r['member']} {r['name']}", str(r["batch"]), f"{r['gflops_per_image']:.2f}", f"{r['ms_per_batch']:.2f}",
-                      f"{r['images_per_s']:.0f}", f"{r['tflops']:.2f}",
-                      f"{r['percent_of_peak']:.1f}" if r["percent_of_peak"] is not None else "-")
+        table.add_row(
+            f"{r['member']} {r['name']}",
+            str(r["batch"]),
+            f"{r['gflops_per_image']:.2f}",
+            f"{r['ms_per_batch']:.2f}",
+            f"{r['images_per_s']:.0f}",
+            f"{r['tflops']:.2f}",
+            f"{r['percent_of_peak']:.1f}" if r["percent_of_peak"] is not None else "-",
+        )
     Console(width=140 if not sys.stdout.isatty() else None).print(table)
     ensemble = {}
     for batch in batches:  # the ten members one after the other, as one GPU would serve them
         per = [r for r in rows if r["batch"] == batch]
         total_s = sum(r["ms_per_batch"] for r in per) / 1000
         total_flops = sum(r["gflops_per_image"] for r in per) * 1e9 * batch
-        ensemble[str(batch)] = {"images_per_s": batch / total_s, "tflops": total_flops / total_s / 1e12,
-                                "percent_of_peak": 100 * total_flops / total_s / 1e12 / peak if peak else None}
-    print(json.dumps({"device": info, "precision": args.precision, "size": size, "spec": spec.name,
-                      "peak_tflops": peak, "peak_basis": peak_basis, "members": rows, "ensemble_sequential": ensemble,
-                      "dry_run_on_cpu": args.cpu_dry_run}))
+        ensemble[str(batch)] = {
+            "images_per_s": batch / total_s,
+            "tflops": total_flops / total_s / 1e12,
+            "percent_of_peak": 100 * total_flops / total_s / 1e12 / peak if peak else None,
+        }
+    print(
+        json.dumps(
+            {
+                "device": info,
+                "precision": args.precision,
+                "size": size,
+                "spec": spec.name,
+                "peak_tflops": peak,
+                "peak_basis": peak_basis,
+                "members": rows,
+                "ensemble_sequential": ensemble,
+                "dry_run_on_cpu": args.cpu_dry_run,
+            }
+        )
+    )
     return 0
 
 

@@ -36,12 +36,16 @@ def member_cost(spec: MemberSpec, size: int) -> MemberCost:
 
 
 def format_table(members: tuple[MemberSpec, ...], costs: list[MemberCost], size: int) -> str:
-    head = (f"{'#':>2}  {'member':<30} {'arch':<9} {'input':<6} {'head':<4} {'attn':<4} {'map':<4} "
-            f"{'width':>6} {'params (M)':>11} {'GFLOPs':>9}")
+    head = (
+        f"{'#':>2}  {'member':<30} {'arch':<9} {'input':<6} {'head':<4} {'attn':<4} {'map':<4} "
+        f"{'width':>6} {'params (M)':>11} {'GFLOPs':>9}"
+    )
     lines = [f"S = {size}, batch 1; FLOPs count a multiply-add as 2 (conv + matmul only)", head, "-" * len(head)]
     for i, (m, c) in enumerate(zip(members, costs, strict=True)):
-        lines.append(f"{i:>2}  {m.name:<30} {m.arch:<9} {m.input:<6} {m.head:<4} {'yes' if m.attention else 'no':<4} "
-                     f"{'yes' if m.map else 'no':<4} {m.width:>6g} {c.params / 1e6:>11.3f} {c.flops / 1e9:>9.2f}")
+        lines.append(
+            f"{i:>2}  {m.name:<30} {m.arch:<9} {m.input:<6} {m.head:<4} {'yes' if m.attention else 'no':<4} "
+            f"{'yes' if m.map else 'no':<4} {m.width:>6g} {c.params / 1e6:>11.3f} {c.flops / 1e9:>9.2f}"
+        )
     lines.append("-" * len(head))
     total_p, total_f = sum(c.params for c in costs), sum(c.flops for c in costs)
     lines.append(f"{'':>2}  {'ensemble total per radiograph':<66} {total_p / 1e6:>11.3f} {total_f / 1e9:>9.2f}")
@@ -50,8 +54,11 @@ def format_table(members: tuple[MemberSpec, ...], costs: list[MemberCost], size:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fracscan.export.flops", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default=str(builtin_spec_path("jones2020")),
-                        help="ensemble spec TOML (default: the built-in jones2020)")
+    parser.add_argument(
+        "--spec",
+        default=str(builtin_spec_path("jones2020")),
+        help="ensemble spec TOML (default: the built-in jones2020)",
+    )
     parser.add_argument("--size", type=int, default=None, help="input size S (default: the spec's preprocess.size)")
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)

@@ -23,11 +23,28 @@ from fracscan.spec import MAP_STRIDE, MemberSpec
 from .members import SPP_GRIDS, FractureMember
 
 # BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not.
-TRT_FRIENDLY_OPS = frozenset({
-    "Conv", "BatchNormalization", "Relu", "Add", "Mul", "Sigmoid", "GlobalAveragePool", "ReduceMean",
-    "MaxPool", "AveragePool", "Concat", "Flatten", "Reshape", "Gemm", "MatMul", "Slice", "Constant",
-    "Identity",
-})
+TRT_FRIENDLY_OPS = frozenset(
+    {
+        "Conv",
+        "BatchNormalization",
+        "Relu",
+        "Add",
+        "Mul",
+        "Sigmoid",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "MaxPool",
+        "AveragePool",
+        "Concat",
+        "Flatten",
+        "Reshape",
+        "Gemm",
+        "MatMul",
+        "Slice",
+        "Constant",
+        "Identity",
+    }
+)
 
 
 class ParityError(AssertionError):
@@ -44,8 +61,9 @@ def _check_size(spec: MemberSpec, size: int) -> None:
     grid = max(SPP_GRIDS)
     if spec.head == "spp" and (size // MAP_STRIDE) % grid:
         # adaptive max pooling becomes a plain MaxPool only when the bins tile the map exactly
-        raise ValueError(f"member {spec.name!r}: an spp head needs size divisible by {MAP_STRIDE * grid} "
-                         f"for ONNX export, got {size}")
+        raise ValueError(
+            f"member {spec.name!r}: an spp head needs size divisible by {MAP_STRIDE * grid} for ONNX export, got {size}"
+        )
 
 
 def expected_outputs(spec: MemberSpec, size: int) -> dict[str, list]:
@@ -80,8 +98,7 @@ def validate_onnx(model: onnx.ModelProto, spec: MemberSpec, size: int, opset: in
     return inferred
 
 
-def export_member(model: FractureMember, spec_member: MemberSpec, size: int, path: str | Path,
-                  opset: int = 17) -> Path:
+def export_member(model: FractureMember, spec_member: MemberSpec, size: int, path: str | Path, opset: int = 17) -> Path:
     """Write `model` (exported in eval mode) to `path` as ONNX and validate it; returns the path."""
     if model.spec != spec_member:
         raise ValueError(f"model was built for member {model.spec.name!r}, not {spec_member.name!r}")
@@ -96,8 +113,14 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy exporter"
             torch.onnx.export(
-                model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                input_names=["image"], output_names=names, do_constant_folding=True,
+                model,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=names,
+                do_constant_folding=True,
                 dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
             )
     finally:
@@ -105,12 +128,20 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
     onnx_model = onnx.load(str(path))
     validate_onnx(onnx_model, spec_member, size, opset)
     onnx_model.doc_string = f"fracscan member {spec_member.name}"
-    meta = {"name": spec_member.name, "arch": spec_member.arch, "input": spec_member.input,
-            "head": spec_member.head, "attention": spec_member.attention, "map": spec_member.map,
-            "width": spec_member.width, "size": size}
+    meta = {
+        "name": spec_member.name,
+        "arch": spec_member.arch,
+        "input": spec_member.input,
+        "head": spec_member.head,
+        "attention": spec_member.attention,
+        "map": spec_member.map,
+        "width": spec_member.width,
+        "size": size,
+    }
     for key, value in meta.items():
-        onnx_model.metadata_props.add(key=f"fracscan.{key}", value=str(value).lower()
-                                      if isinstance(value, bool) else str(value))
+        onnx_model.metadata_props.add(
+            key=f"fracscan.{key}", value=str(value).lower() if isinstance(value, bool) else str(value)
+        )
     onnx.save(onnx_model, str(path))
     return path
 

@@ -134,9 +134,7 @@ def parse_spec(raw: dict[str, Any], path: Path | str = "<spec>") -> EnsembleSpec
     regions_raw = raw.get("regions")
     if not isinstance(regions_raw, dict) or not regions_raw:
         raise _fail(path, "[regions] must map each region name to a list of DICOM aliases")
-    regions = {
-        str(name).lower(): tuple(str(a).upper() for a in aliases) for name, aliases in regions_raw.items()
-    }
+    regions = {str(name).lower(): tuple(str(a).upper() for a in aliases) for name, aliases in regions_raw.items()}
     if UNKNOWN_REGION in regions:
         raise _fail(path, f"'{UNKNOWN_REGION}' is reserved for the fallback and cannot be a region")
 

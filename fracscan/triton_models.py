@@ -125,7 +125,9 @@ class MemberModel(_Base):
         except Exception:
             return super().execute(requests)  # fall back to one request at a time, with errors
         bounds = np.cumsum([0] + [len(b) for b in batches])
-        return [_member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in itertools.pairwise(bounds)]
+        return [
+            _member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in itertools.pairwise(bounds)
+        ]
 
     def handle(self, request):
         return _member_response(*run_member(self.session, _input(request, c.MEMBER_INPUT)))
@@ -198,7 +200,9 @@ class ThresholdModel(_Base):
             fallback.append([decision.fallback])
             boxes.append(decision.boxes)
             level.append([decision.level.encode()])
-            definite.append([c.NO_DEFINITE_THRESHOLD if decision.definite_threshold is None else decision.definite_threshold])
+            definite.append(
+                [c.NO_DEFINITE_THRESHOLD if decision.definite_threshold is None else decision.definite_threshold]
+            )
         # One [N, K, 5] tensor: images with fewer boxes are padded with rows of confidence -1.
         k = max(1, max(len(b) for b in boxes))
         padded = np.full((len(boxes), k, c.BOX_COLUMNS), c.BOX_PADDING, dtype=np.float32)

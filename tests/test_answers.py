@@ -74,7 +74,9 @@ def test_served_level_matches_the_reference_and_its_thresholds(server, reference
         assert (level != "negative") == bool(served[c.FRACTURE][0, 0])
         if level == "definite":
             assert score >= definite >= threshold
-        assert definite == pytest.approx(c.NO_DEFINITE_THRESHOLD if ref.definite_threshold is None else ref.definite_threshold)
+        assert definite == pytest.approx(
+            c.NO_DEFINITE_THRESHOLD if ref.definite_threshold is None else ref.definite_threshold
+        )
         seen.add(level)
     assert {"negative", "definite"} <= seen  # the examples show the levels, not only one of them
 

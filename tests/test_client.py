@@ -67,7 +67,9 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def dicom_dataset(pixels: np.ndarray | None, body_part: str = "WRIST", sop_class=DigitalXRayImageStorageForPresentation) -> Dataset:
+def dicom_dataset(
+    pixels: np.ndarray | None, body_part: str = "WRIST", sop_class=DigitalXRayImageStorageForPresentation
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -152,7 +154,9 @@ def unreachable_url(scheme: str):
 def same(a: Prediction, b: Prediction) -> bool:
     strip = lambda p: {k: v for k, v in p.to_dict().items() if k != "latency_s"}  # noqa: E731
     da, db = strip(a), strip(b)
-    close = abs(da.pop("score") - db.pop("score")) <= 1e-6 and np.allclose(da.pop("member_scores"), db.pop("member_scores"), atol=1e-6)
+    close = abs(da.pop("score") - db.pop("score")) <= 1e-6 and np.allclose(
+        da.pop("member_scores"), db.pop("member_scores"), atol=1e-6
+    )
     return close and da == db
 
 
@@ -160,7 +164,12 @@ def assert_matches_reference(p: Prediction, ref) -> None:
     assert abs(p.score - ref.score) <= 1e-5
     np.testing.assert_allclose(p.member_scores, ref.member_scores, atol=1e-5)
     assert p.member_spread == pytest.approx(float(np.std(p.member_scores)))
-    assert (p.fracture, p.region, p.region_source, p.fallback) == (ref.fracture, ref.region, ref.region_source, ref.fallback)
+    assert (p.fracture, p.region, p.region_source, p.fallback) == (
+        ref.fracture,
+        ref.region,
+        ref.region_source,
+        ref.fallback,
+    )
     assert p.threshold == pytest.approx(ref.threshold)
     boxes = np.asarray([b.to_list() for b in p.boxes], dtype=np.float32).reshape(-1, 5)
     assert boxes.shape == ref.boxes.reshape(-1, 5).shape and np.allclose(boxes, ref.boxes.reshape(-1, 5), atol=1e-3)
@@ -231,11 +240,19 @@ def test_prediction_is_typed_frozen_and_json_ready(server, files):
 
 
 def test_decode_on_client_gives_the_same_answer(server, files):
-    with FracScanClient(server.http_url) as server_side, FracScanClient(server.grpc_url, decode_on_client=True) as client_side:
+    with (
+        FracScanClient(server.http_url) as server_side,
+        FracScanClient(server.grpc_url, decode_on_client=True) as client_side,
+    ):
         for name in GOOD:
             a, b = server_side.predict(files[name]), client_side.predict(files[name])
             assert abs(a.score - b.score) <= 1e-5
-            assert (a.region, a.region_source, a.fallback, a.sop_instance_uid) == (b.region, b.region_source, b.fallback, b.sop_instance_uid)
+            assert (a.region, a.region_source, a.fallback, a.sop_instance_uid) == (
+                b.region,
+                b.region_source,
+                b.fallback,
+                b.sop_instance_uid,
+            )
         assert client_side.predict(files["dicom_wrist"]).region_source == "dicom"
         assert client_side.predict(files["dicom_wrist"], region="knee").region_source == "user"
         with pytest.raises(InvalidInput, match=r"truncated\.png"):
@@ -276,8 +293,12 @@ def test_async_client_http_and_grpc(server, files):
 
 # --- batches with bad inputs ------------------------------------------------------------------------
 
-BAD = {3: ("garbage", "input", "unrecognised image format"), 17: ("empty", "input", "empty"),
-       29: ("sr", "input", "not an image"), 41: ("truncated", "rejected", "preprocess")}
+BAD = {
+    3: ("garbage", "input", "unrecognised image format"),
+    17: ("empty", "input", "empty"),
+    29: ("sr", "input", "not an image"),
+    41: ("truncated", "rejected", "preprocess"),
+}
 
 
 def batch_of_50(files) -> list[Path]:
@@ -420,7 +441,10 @@ def test_retries_on_503_but_not_on_400(files):
         assert stub.requests == 2
 
         stub.status, stub.requests = 400, 0
-        with FracScanClient(stub.url, retries=3) as client, pytest.raises(InputRejected, match="stub answers 400") as info:
+        with (
+            FracScanClient(stub.url, retries=3) as client,
+            pytest.raises(InputRejected, match="stub answers 400") as info,
+        ):
             client.predict(image)
         assert stub.requests == 1 and info.value.kind == "rejected"
         asyncio.run(_async_predict_raises(stub.url, image, InputRejected, retries=3))
@@ -438,9 +462,26 @@ def test_headers_and_https(files, tmp_path):
         pytest.skip("needs the openssl command to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
@@ -483,12 +524,19 @@ def test_server_not_up_is_a_connection_error_within_the_connect_timeout(scheme, 
 
     with unreachable_url(scheme) as hanging:  # nobody completes the handshake: the connect timeout fires
         started = time.monotonic()
-        with FracScanClient(hanging, connect_timeout=1.0, timeout=30.0, retries=0) as client, pytest.raises(FracScanConnectionError):
+        with (
+            FracScanClient(hanging, connect_timeout=1.0, timeout=30.0, retries=0) as client,
+            pytest.raises(FracScanConnectionError),
+        ):
             client.predict(files["png0"])
         assert 0.8 < time.monotonic() - started < 3.0
         if scheme == "http":
             started = time.monotonic()
-            asyncio.run(_async_predict_raises(hanging, files["png0"], FracScanConnectionError, connect_timeout=1.0, timeout=30.0, retries=0))
+            asyncio.run(
+                _async_predict_raises(
+                    hanging, files["png0"], FracScanConnectionError, connect_timeout=1.0, timeout=30.0, retries=0
+                )
+            )
             assert 0.8 < time.monotonic() - started < 3.0
 
 
@@ -526,7 +574,10 @@ def test_wait_until_ready_and_server_info(server, protocol):
         assert time.monotonic() - started < 3
         with pytest.raises(FracScanConnectionError, match="no server reachable"):
             client.server_info()
-    with FracScanClient(url, model="no_such_model") as client, pytest.raises(FracScanConnectionError, match="no_such_model"):
+    with (
+        FracScanClient(url, model="no_such_model") as client,
+        pytest.raises(FracScanConnectionError, match="no_such_model"),
+    ):
         client.wait_until_ready(timeout=0.5)
 
 
@@ -535,6 +586,8 @@ def test_readme_example_runs(server, capsys):
     readme = (ROOT / "README.md").read_text()
     source = readme.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(source.strip().splitlines()) <= 10
-    exec(compile(source.replace("http://localhost:8000", server.http_url), "README.md", "exec"), {"__name__": "__main__"})
+    exec(
+        compile(source.replace("http://localhost:8000", server.http_url), "README.md", "exec"), {"__name__": "__main__"}
+    )
     out = capsys.readouterr().out
     assert "score " in out and "scan1.dcm: file not found (input)" in out

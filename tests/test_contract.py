@@ -70,9 +70,7 @@ def test_ensemble_config_carries_the_provenance(repository):
     from fracscan.export.repository import parse_config
 
     cfg = parse_config((repository / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE).read_text())
-    served = provenance.from_parameters(
-        {k: {"string_value": v.string_value} for k, v in cfg.parameters.items()}
-    )
+    served = provenance.from_parameters({k: {"string_value": v.string_value} for k, v in cfg.parameters.items()})
     on_disk = provenance.read(repository)
     assert served is not None and served.members_hash == on_disk.members_hash != ""
     # The hashes name the files that are served.

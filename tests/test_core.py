@@ -164,7 +164,9 @@ def test_thresholds_file_round_trip_and_errors(tmp_path):
     t = Thresholds({"hand": OperatingPoint(0.4, 0.3)}, OperatingPoint(0.5, 0.5), {"target_sensitivity": 0.925})
     t.save(tmp_path / "t.json")
     assert Thresholds.load(tmp_path / "t.json") == t
-    (tmp_path / "bad.json").write_text(json.dumps({"regions": {"hand": {"threshold": 2}}, "fallback": {"threshold": 0.5}}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"regions": {"hand": {"threshold": 2}}, "fallback": {"threshold": 0.5}})
+    )
     with pytest.raises(ThresholdsError, match=r"bad.json: region 'hand' thresholds must lie in \[0, 1\]"):
         Thresholds.load(tmp_path / "bad.json")
 
