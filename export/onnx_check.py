@@ -37,9 +37,8 @@ from fracscan.onnxrt import ort_session
 # ONNX operators (default domain) that TensorRT's ONNX parser supports. A DRN member exported
 # by fracscan uses Conv, Relu, Add, Mul, Sigmoid, MaxPool, GlobalAveragePool, Concat, Flatten,
 # Reshape, Gemm/MatMul, Slice, Constant, Identity (BatchNormalization is folded into Conv).
-TENSORRT_OPS: frozenset[str] = frozenset(
+DRN_MEMBER_OPS: frozenset[str] = frozenset(
     {
-        # DRN members
         "Conv",
         "BatchNormalization",
         "Relu",
@@ -58,6 +57,10 @@ TENSORRT_OPS: frozenset[str] = frozenset(
         "Slice",
         "Constant",
         "Identity",
+    }
+)
+TENSORRT_OPS: frozenset[str] = DRN_MEMBER_OPS | frozenset(
+    {
         # common CNN / classification ops
         "Sub",
         "Div",

@@ -21,30 +21,11 @@ from fracscan.onnxrt import ort_session
 from fracscan.spec import MAP_STRIDE, MemberSpec
 
 from .members import SPP_GRIDS, FractureMember
+from .onnx_check import DRN_MEMBER_OPS
 
-# BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not.
-TRT_FRIENDLY_OPS = frozenset(
-    {
-        "Conv",
-        "BatchNormalization",
-        "Relu",
-        "Add",
-        "Mul",
-        "Sigmoid",
-        "GlobalAveragePool",
-        "ReduceMean",
-        "MaxPool",
-        "AveragePool",
-        "Concat",
-        "Flatten",
-        "Reshape",
-        "Gemm",
-        "MatMul",
-        "Slice",
-        "Constant",
-        "Identity",
-    }
-)
+# What a fracscan DRN member may contain: one home, beside the full TensorRT list (BatchNormalization
+# is folded into Conv in eval-mode export; it is listed in case it is not).
+TRT_FRIENDLY_OPS = DRN_MEMBER_OPS
 
 
 class ParityError(AssertionError):
