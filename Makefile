@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-fast lint bench demo-rebuild serve system-deps clean
+.PHONY: demo test test-fast lint bench demo-rebuild demo-olczak-rebuild serve system-deps clean
 
 # The Triton python-backend stub links the system libpython of the same version.
 # The PACS tests run a real Orthanc (with its DICOMweb plug-in) and dcmtk's dsrdump.
@@ -62,6 +62,11 @@ soak: $(VENV)/.server
 # Trains on a GPU if the venv's torch sees one (minutes), else on the CPU (hours on 2 cores).
 demo-rebuild: $(VENV)/.test
 	$(PY) -m fracscan.demo.build
+
+# Regenerate the Olczak et al. 2017 DEMO (one small VGG-16 with laterality / body part / view heads):
+# synthetic exam views, training (resumable), export, calibration, held-out report (~25 min on 2 cores).
+demo-olczak-rebuild: $(VENV)/.test
+	$(PY) -m fracscan.demo.olczak
 
 serve: $(VENV)/.server
 	$(VENV)/bin/fracscan serve

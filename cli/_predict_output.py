@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from fracscan.cli.console import OutputFormat
 from fracscan.client import Prediction, PredictionError
+from fracscan.contract import QC_SEPARATOR
 from fracscan.decode import decode_image
 from fracscan.provenance import Provenance
 
@@ -39,8 +41,44 @@ def printable(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
-    """The one row every format writes for an input (errors keep the same keys, empty)."""
+def head_columns(heads: Sequence[str]) -> list[str]:
+    """The row keys an ensemble with classification heads adds: `<head>`, `<head>_p` per head, then `qc`."""
+    return [key for head in heads for key in (head, f"{head}_p")] + (["qc"] if heads else [])
+
+
+def check_head_names(heads: Sequence[str]) -> None:
+    """A head named like a row key (or another head's `_p` / `_probs` key) would overwrite it: refuse."""
+    keys = [*result_row(PredictionError("", "", "input")), *head_columns(heads), *(f"{h}_probs" for h in heads)]
+    clashes = sorted({k for k in keys if keys.count(k) > 1})
+    if clashes:
+        raise ValueError(f"the ensemble's head names clash with the output columns {clashes}")
+
+
+def result_row(result: Prediction | PredictionError, heads: Sequence[str] = ()) -> dict[str, Any]:
+    """The one row every format writes for an input (errors keep the same keys, empty).
+
+    With classification heads (`heads`: their names), before `error`: the top class `<head>`, its
+    probability `<head>_p`, the QC warnings `qc`, and (JSON only, for `fracscan evaluate`) every
+    class's probability `<head>_probs`.
+    """
+    row = _core_row(result)
+    if not heads:
+        return row
+    error = row.pop("error")
+    found = result.heads if isinstance(result, Prediction) else {}
+    for head in heads:
+        answer = found.get(head)
+        row[head] = answer.label if answer else None
+        row[f"{head}_p"] = answer.confidence if answer else None
+    row["qc"] = list(result.qc) if isinstance(result, Prediction) else []
+    for head in heads:
+        answer = found.get(head)
+        row[f"{head}_probs"] = dict(answer.probs) if answer else None
+    row["error"] = error
+    return row
+
+
+def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
     if result.ok:
         d = result.to_dict()
         return {
@@ -81,11 +119,13 @@ def result_row(result: Prediction | PredictionError) -> dict[str, Any]:
 class Writer:
     """Streams rows to JSONL / CSV / a JSON array as they arrive; collects rows for a table."""
 
-    def __init__(self, fmt: OutputFormat, stream: IO[str], append: bool):
+    def __init__(self, fmt: OutputFormat, stream: IO[str], append: bool, heads: Sequence[str] = ()):
         self.fmt, self.stream, self.count = fmt, stream, 0
+        self.heads = tuple(heads)  # the ensemble's classification heads: a column each in CSV and the table
         self.rows: list[dict[str, Any]] = []
         if fmt is OutputFormat.csv:
-            self.csv = csv.DictWriter(stream, CSV_FIELDS, extrasaction="ignore")
+            fields = CSV_FIELDS[:-1] + head_columns(self.heads) + CSV_FIELDS[-1:]  # error stays last
+            self.csv = csv.DictWriter(stream, fields, extrasaction="ignore")
             if not append:
                 self.csv.writeheader()
         elif fmt is OutputFormat.json:
@@ -97,7 +137,8 @@ class Writer:
         elif self.fmt is OutputFormat.csv:
             # 1/0 like the label files, so a results CSV reads back as one
             flag = {True: 1, False: 0}.get(row["fracture"], "")
-            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"])})
+            qc = {"qc": QC_SEPARATOR.join(row["qc"])} if self.heads else {}
+            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"]), **qc})
         elif self.fmt is OutputFormat.json:
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
         else:
@@ -109,12 +150,12 @@ class Writer:
         if self.fmt is OutputFormat.json:
             self.stream.write("\n]\n")
         elif self.fmt is OutputFormat.table:
-            console.print(results_table(self.rows))
+            console.print(results_table(self.rows, self.heads))
 
 
-def results_table(rows: list[dict[str, Any]]) -> Table:
+def results_table(rows: list[dict[str, Any]], heads: Sequence[str] = ()) -> Table:
     """The results as a table; an error row shows its reason, and the fallback footnote appears only
-    when some row has the asterisk it explains."""
+    when some row has the asterisk it explains. A column per classification head: "left 0.97"."""
     fallback = any(r.get("fallback") for r in rows)
     table = Table(
         title="fracscan predictions",
@@ -125,6 +166,8 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     for col in ("score", "thr.", "result", "region", "boxes"):
         right = col in ("score", "thr.", "boxes")
         table.add_column(col, justify="right" if right else "left", no_wrap=col != "result", overflow="fold")
+    for head in heads:
+        table.add_column(head.replace("_", " "), overflow="fold")
     for r in rows:
         source = escape(r["source"])  # a path with [brackets] is a path, not markup
         if r["status"] == "ok":
@@ -133,10 +176,19 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
                 r.get("level") or "", "[bold red]FRACTURE[/]" if r["fracture"] else "[green]no fracture[/]"
             )
             region = escape(r["region"]) + ("*" if r.get("fallback") else "")
-            table.add_row(source, f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])))
+            answers = [head_cell(r, h) for h in heads]
+            table.add_row(
+                source, f"{r['score']:.3f}", f"{r['threshold']:.3f}", verdict, region, str(len(r["boxes"])), *answers
+            )
         else:
-            table.add_row(source, "", "", f"[red]error:[/] {escape(r['error'] or '')}", "", "")
+            table.add_row(source, "", "", f"[red]error:[/] {escape(r['error'] or '')}", "", "", *([""] * len(heads)))
     return table
+
+
+def head_cell(row: dict[str, Any], head: str) -> str:
+    """A head's answer as the table shows it: the top class and its probability."""
+    label, p = row.get(head), row.get(f"{head}_p")
+    return "" if label is None else escape(f"{label} {p:.2f}")
 
 
 def overlay_notice(record: Provenance | None) -> str:

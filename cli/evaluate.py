@@ -1,7 +1,8 @@
 """`fracscan evaluate`: metrics of labelled predictions, overall and per region.
 
 Reads the JSONL written by `fracscan predict --format jsonl` and a labels CSV
-(`source,fracture[,region]`); the work is done by `fracscan.evaluation`. The report (a rich
+(`source,fracture[,region]`, and a column per classification head to evaluate it, e.g. `laterality`);
+the work is done by `fracscan.evaluation`. The report (a rich
 table, or JSON) goes to stdout, the matching report and warnings to stderr. `read_labelled` and
 `format_value` are shared with `fracscan calibrate`, which starts from the same two files.
 """
@@ -53,7 +54,9 @@ def evaluate(
     predictions: Annotated[
         Path, typer.Argument(help="Predictions JSONL from `fracscan predict --format jsonl`.", show_default=False)
     ],
-    labels: Annotated[Path, typer.Argument(help="Labels CSV: source,fracture[,region].", show_default=False)],
+    labels: Annotated[
+        Path, typer.Argument(help="Labels CSV: source,fracture[,region][,<head>...].", show_default=False)
+    ],
     thresholds: Annotated[
         Path | None,
         typer.Option(
@@ -85,6 +88,11 @@ def evaluate(
     specificity; percentile bootstrap, stratified by label, for AUC, PPV and NPV) and Cohen's
     kappa. The operating point is the predictions' own `fracture` decision, or score >= the
     region's threshold of --thresholds (its fallback for regions it does not list).
+
+    A labels column named like a classification head of the predictions (e.g. laterality, its values
+    the head's class names) adds that head's n, accuracy (Wilson 95% CI) and Cohen's kappa; rows
+    with an empty value are left out of that head. Heads are evaluated per image only: with
+    --by-study, a labels column besides study,fracture,region is named in a warning and not evaluated.
     """
     if output_format not in FORMATS:
         fail(f"--format must be {' or '.join(f.value for f in FORMATS)} for evaluate, got {output_format.value}")
@@ -101,15 +109,25 @@ def evaluate(
             import matplotlib  # noqa: F401
         except ImportError:
             fail("--plot needs matplotlib: pip install 'fracscan[evaluate]'")
+    heads: dict[str, tuple[str, ...]] = {}
     if by_study:
-        from fracscan.cli._evaluate_study import study_matched
+        from fracscan.cli._evaluate_study import study_cases
 
-        matched, decide = study_matched(predictions, labels, rule), studies.study_decisions
+        cases = study_cases(predictions, labels, rule)
+        matched, decide = cases.matched, studies.study_decisions
+        if cases.unused_columns:
+            warn(
+                f"--by-study evaluates the fracture answer per study; the labels column(s) "
+                f"{', '.join(cases.unused_columns)} are not evaluated: classification heads are evaluated "
+                "per image only (run `fracscan evaluate` without --by-study on per-image predictions and labels)"
+            )
     else:
-        matched, decide = read_labelled(predictions, labels).matched, ev.decisions_for
+        labelled = read_labelled(predictions, labels)
+        matched, decide, heads = labelled.matched, ev.decisions_for, labelled.heads
     try:
         decisions = decide(matched.cases, chosen)
         metrics = ev.evaluate(matched.cases, decisions, bootstrap=bootstrap, seed=seed)
+        head_metrics = ev.evaluate_heads(matched.cases, heads) if heads else {}
     except (ev.EvaluationError, ValueError) as exc:
         fail(str(exc))
     report = {
@@ -127,6 +145,8 @@ def evaluate(
         },
         "intervals": {"sensitivity, specificity": "Wilson score 95%", "auc, ppv, npv": "bootstrap"},
     }
+    if head_metrics:  # the labels have a column named like a classification head
+        report["heads"] = head_metrics
     located = None if by_study else ev.localisation(matched.cases)
     if located is not None:  # the labels have boxes
         report["localisation"] = located
@@ -185,6 +205,26 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(table)
     if "localisation" in report:
         console.print(escape(localisation_line(report["localisation"])))
+    if "heads" in report:
+        console.print(heads_table(report["heads"]))
+
+
+def heads_table(heads: dict[str, Any]) -> Table:
+    """Accuracy (Wilson 95% CI) and Cohen's kappa of each classification head, as Olczak et al. report them."""
+    table = Table(title="classification heads", title_style="bold", caption="95% CI: Wilson")
+    table.add_column("head")
+    for col in ("n", "accuracy", "kappa"):
+        table.add_column(col, justify="right")
+    table.add_column("classes")
+    for name, m in heads.items():
+        table.add_row(
+            escape(name),
+            str(m["n"]),
+            format_value(m["accuracy"], m["accuracy_ci"]),
+            format_value(m["kappa"]),
+            escape(", ".join(m["classes"])),
+        )
+    return table
 
 
 def localisation_line(loc: dict[str, Any]) -> str:

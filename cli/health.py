@@ -85,7 +85,8 @@ def health(
     """Check a fracscan server: live, ready, and the models it serves. Exit 0 when ready, else 2.
 
     The served ensemble's provenance notices (demo, random weights, uncalibrated) go to stderr;
-    --json carries the whole record under ensemble.provenance.
+    --json carries the whole record under ensemble.provenance, and an ensemble's classification heads
+    with their classes under ensemble.heads.
     """
     try:
         with FracScanClient(url, connect_timeout=timeout, timeout=timeout, retries=0) as client:
@@ -110,6 +111,8 @@ def health(
         for model in info.get("models", []):
             table.add_row(escape(model["name"]), escape(str(model.get("version", ""))), escape(model.get("state", "")))
         out.print(table)
+        for head, classes in (info.get("ensemble") or {}).get("heads", {}).items():
+            out.print(escape(f"head {head}: {', '.join(classes)}"))
         for one, ms in info.get("deep", {}).items():
             out.print(escape(f"deep check {one}: the probe image scored in {ms:.0f} ms"))
     if problems:

@@ -23,11 +23,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fracscan.cli._predict_output import Writer, overlay_notice, printable, result_row, write_overlay
+from fracscan.cli._predict_output import (
+    Writer,
+    check_head_names,
+    overlay_notice,
+    printable,
+    result_row,
+    write_overlay,
+)
 from fracscan.cli._predict_pacs import PacsScorer, check_options, dicomweb_sources
 from fracscan.cli._predict_study import predict_studies
 from fracscan.cli.console import OutputFormat, err, fail, failed_input, note, out, show_provenance, warn
 from fracscan.client import FracScanClient, FracScanConnectionError, FracScanError, Prediction, PredictionError
+from fracscan.contract import QC_SEPARATOR
 from fracscan.decode import DecodeError, sniff_kind
 from fracscan.server import DEMO_REPOSITORY, EmbeddedServer, ServerError
 
@@ -108,14 +116,26 @@ def predict(
     with connect(url, timeout, embedded, repository) as client, ExitStack() as files:
         record = client.provenance()
         show_provenance(record)
+        heads = served_heads(client)
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
-        writer = Writer(fmt, stream, append=bool(done))
+        writer = Writer(fmt, stream, append=bool(done), heads=heads)
         overlays = Overlays(overlay_dir, overlay_notice(record)) if overlay_dir else None
         scorer = PacsScorer.wrap(client, record, sr_dir, dicomweb, store)
         results = score(scorer, sources, writer, overlays, region=region, concurrency=concurrency)
         writer.close(out if stream is sys.stdout else Console(file=stream))
     summarize(results, writer.count, skipped=len(done))
     raise typer.Exit(1 if results.failures else 0)
+
+
+def served_heads(client: FracScanClient) -> tuple[str, ...]:
+    """The names of the served ensemble's classification heads (none for the Jones ensemble); exit 2 when
+    the server cannot say or a head name would overwrite an output column."""
+    try:
+        heads = tuple(client.heads())
+        check_head_names(heads)
+    except (FracScanError, ValueError) as exc:
+        fail(str(exc))
+    return heads
 
 
 def discover(paths: list[str]) -> list[str | PredictionError]:
@@ -285,11 +305,13 @@ class Overlays:
 
 @dataclass
 class Scored:
-    """What a run did: positives, the inputs that failed, and when scoring began (for the rate)."""
+    """What a run did: positives, the inputs that failed, the quality-control warnings, and when scoring
+    began (for the rate)."""
 
     started: float
     positives: int = 0
     failures: list[PredictionError] = field(default_factory=list)
+    qc: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (source, its QC warnings)
 
 
 def score(
@@ -320,7 +342,7 @@ def score(
             files = [s for s in sources if isinstance(s, str)]
             answers = iter(client.predict_many(files, region=region, concurrency=concurrency))
             for result in (s if isinstance(s, PredictionError) else next(answers) for s in sources):
-                writer.write(result_row(result))
+                writer.write(result_row(result, writer.heads))
                 progress.advance(task)
                 if not result.ok:
                     scored.failures.append(result)
@@ -328,6 +350,8 @@ def score(
                         raise FracScanConnectionError(result.error)
                     continue
                 scored.positives += result.fracture
+                if result.qc:
+                    scored.qc.append((result.source, result.qc))
                 if overlays:
                     overlays.write(result)
         except FracScanConnectionError as exc:
@@ -336,11 +360,13 @@ def score(
 
 
 def summarize(scored: Scored, written: int, skipped: int) -> None:
-    """The failed inputs, then one line of counts and the rate (stderr, after the results)."""
+    """The failed inputs, the QC warnings, then one line of counts and the rate (stderr, after the results)."""
     elapsed = time.perf_counter() - scored.started
     ok = written - len(scored.failures)
     for failure in scored.failures:
         failed_input(printable(failure.source), failure.error)
+    for source, warnings in scored.qc:  # the file as every output names it; QC text holds no identifiers
+        warn(f"QC {printable(source)}: {QC_SEPARATOR.join(warnings)}")
     note(
         f"scored {ok}, positives {scored.positives}, failed {len(scored.failures)}"
         f"{f', skipped {skipped} (resume)' if skipped else ''} in {elapsed:.1f} s"

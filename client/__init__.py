@@ -5,6 +5,7 @@
     with FracScanClient("http://localhost:8000") as client:
         client.wait_until_ready(timeout=30)
         prediction = client.predict("scan.dcm")             # or region="wrist"
+        prediction.heads                                      # {"laterality": HeadResult("left", {...})} (Olczak)
         for result in client.predict_many(paths, concurrency=8):
             print(result.to_dict())                           # Prediction or PredictionError
 
@@ -20,6 +21,7 @@ from fracscan.client.models import (
     FracScanError,
     FracScanServerError,
     FracScanTimeout,
+    HeadResult,
     InputRejected,
     InvalidInput,
     Prediction,
@@ -39,6 +41,7 @@ __all__ = [
     "FracScanError",
     "FracScanServerError",
     "FracScanTimeout",
+    "HeadResult",
     "InputRejected",
     "InvalidInput",
     "Prediction",

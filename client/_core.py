@@ -7,7 +7,8 @@
 - `Request`: the KServe v2 inputs and outputs of the `fracscan` ensemble;
 - `parse_result`: the response -> `Prediction`;
 - `map_error`: tritonclient / socket / aiohttp exceptions -> the SDK's exceptions;
-- `endpoint_info`, `merge_infos`: health answers -> the dict of `server_info()`;
+- `ClientBase._learn_heads`: the served ensemble's classification heads, learned once from its config
+  (`client.heads`); health answers -> `server_info()` live in `client.health`;
 - `ClientBase`: the constructor arguments and helpers of both clients.
 
 `sync.py` and `aio.py` only add the calls (blocking or awaited) around these.
@@ -41,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fracscan import contract as c
-from fracscan import provenance
+from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
 from fracscan.client.models import (
     Box,
     FracScanConnectionError,
@@ -244,30 +245,36 @@ class Request:
         """What errors name: the input (a study request names its views)."""
         return self.payload.label
 
-    def tensors(self, protocol: str) -> tuple[list[Any], list[Any]]:
-        """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them)."""
+    def tensors(self, protocol: str, heads: HeadClasses | None = None) -> tuple[list[Any], list[Any]]:
+        """(inputs, requested outputs) for tritonclient.http or tritonclient.grpc (the aio variants share them).
+
+        `heads`: the ensemble's classification heads, whose outputs and QC are asked for too.
+        """
         module = importlib.import_module(f"tritonclient.{protocol}")
         inputs = [module.InferInput(c.IMAGE, [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(_bytes_tensor(self.payload.data))
         if self.region:
             inputs.append(module.InferInput(c.REGION, [1, 1], "BYTES"))
             inputs[1].set_data_from_numpy(_bytes_tensor(self.region.encode()))
-        return inputs, [module.InferRequestedOutput(name) for name in OUTPUTS]
+        names = OUTPUTS + head_output_names(heads or {})
+        return inputs, [module.InferRequestedOutput(name) for name in names]
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def parse_result(result: Any, request: Request, model: str, latency_s: float) -> Prediction:
-    """A tritonclient InferResult (http or grpc) -> Prediction."""
+def parse_result(
+    result: Any, request: Request, model: str, latency_s: float, heads: HeadClasses | None = None
+) -> Prediction:
+    """A tritonclient InferResult (http or grpc) -> Prediction; `heads`: the ensemble's heads, if it has any."""
 
     def first(name: str) -> Any:
         return result.as_numpy(name).reshape(-1)[0]
 
     region = _text(first(c.REGION_USED))
     region_source = _text(first(c.REGION_SOURCE))
-    if request.region and not request.user_region:  # we sent the DICOM term on the server's behalf
+    if request.region and not request.user_region and region_source != "model":  # we sent the DICOM term
         region_source = "dicom" if region != c.UNKNOWN_REGION else "unknown"
     members = tuple(float(s) for s in result.as_numpy(c.MEMBER_SCORES).reshape(-1))
     rows = result.as_numpy(c.BOXES).reshape(-1, c.BOX_COLUMNS)
@@ -278,6 +285,7 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
         name, version = response.model_name or model, response.model_version
     uids = request.payload.uids
     definite = float(first(c.DEFINITE_THRESHOLD))  # contract.NO_DEFINITE_THRESHOLD (-1) when the region has none
+    answers, qc = parse_heads(result, heads or {})
     return Prediction(
         source=request.payload.label,
         score=float(first(c.SCORE)),
@@ -297,6 +305,8 @@ def parse_result(result: Any, request: Request, model: str, latency_s: float) ->
         study_instance_uid=uids.get("study"),
         level=cast(c.Level, _text(first(c.LEVEL))),
         definite_threshold=None if definite < 0 else definite,
+        heads=answers,
+        qc=qc,
     )
 
 
@@ -362,75 +372,6 @@ def map_error(
     return FracScanError(f"unexpected {type(exc).__name__} talking to {url}: {exc}", **where)
 
 
-# --- health -------------------------------------------------------------------------------------
-
-
-def endpoint_info(
-    ep: Endpoint,
-    model: str,
-    *,
-    live: bool,
-    ready: bool,
-    metadata: Any,
-    index: Any,
-    model_ready: bool,
-    config: Any = None,
-) -> dict[str, Any]:
-    """Normalise the http (dict / list) and grpc (as_json dict) health answers."""
-    models = index.get("models", []) if isinstance(index, dict) else list(index or [])
-    config = (config or {}).get("config", config) or {}  # grpc wraps the config
-    parameters = config.get("parameters") or {}
-    record = provenance.from_parameters(parameters)
-    text = {k: v.get("string_value", "") for k, v in parameters.items()}
-    return {
-        "url": ep.url,
-        "protocol": ep.protocol,
-        "live": bool(live),
-        "ready": bool(ready),
-        "server_name": metadata.get("name", ""),
-        "server_version": metadata.get("version", ""),
-        "extensions": list(metadata.get("extensions", [])),
-        "model": model,
-        "model_ready": bool(model_ready),
-        # Written by `fracscan export` into the ensemble config: which spec is served, and its provenance.
-        "ensemble": {
-            "spec": text.get(c.PARAM_SPEC, ""),
-            "description": text.get(c.PARAM_DESCRIPTION, ""),
-            "provenance": None if record is None else record.to_json(),
-        },
-        "models": [
-            {
-                "name": m.get("name", ""),
-                "version": str(m.get("version", "")),
-                "state": m.get("state", ""),
-                "reason": m.get("reason", ""),
-            }
-            for m in models
-        ],
-    }
-
-
-def down_info(ep: Endpoint, model: str, error: FracScanError) -> dict[str, Any]:
-    return {
-        "url": ep.url,
-        "protocol": ep.protocol,
-        "live": False,
-        "ready": False,
-        "model": model,
-        "model_ready": False,
-        "error": error.reason,
-    }
-
-
-def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """server_info(): the first reachable endpoint's details, plus a line per endpoint."""
-    reachable = [i for i in infos if "error" not in i]
-    if not reachable:
-        raise FracScanConnectionError("no server reachable: " + "; ".join(f"{i['url']}: {i['error']}" for i in infos))
-    summary = [{k: i.get(k) for k in ("url", "live", "ready", "model_ready", "error")} for i in infos]
-    return {**reachable[0], "endpoints": summary}
-
-
 # --- settings shared by both clients ------------------------------------------------------------
 
 
@@ -465,7 +406,11 @@ class ClientBase:
             503 / UNAVAILABLE and queue full, with jittered exponential backoff; rejected input and
             timeouts are never retried (see the module docstring).
         decode_on_client: decode images here and send pixels (.npy); DICOM UIDs and
-            BodyPartExamined are read here too (the region term is sent as REGION).
+            BodyPartExamined are read here too (the region term is sent as REGION). An ensemble with
+            classification heads gets DICOM as it is even so: its QC reads ImageLaterality and
+            BodyPartExamined on the server, and a region the DICOM names stays region_source "dicom"
+            (to know, the client reads the heads from the config before its first request; PNG, JPEG and
+            TIFF are still decoded here).
         """
         if connect_timeout <= 0 or timeout <= 0:
             raise ValueError("connect_timeout and timeout must be > 0 seconds")
@@ -482,6 +427,7 @@ class ClientBase:
         self.retry_policy = RetryPolicy(retries)
         self.closed = False
         self._router = Router(self.endpoints)
+        self._heads: HeadClasses | None = None  # the ensemble's heads once its config was read ({}: none)
         self._setup()
 
     def _setup(self) -> None:
@@ -532,6 +478,10 @@ class ClientBase:
         # would be a server-side queue timeout); grpc: a per-call deadline
         return {"headers": self.headers, **({"client_timeout": self.timeout} if ep.protocol == "grpc" else {})}
 
+    def _config_options(self, ep: Endpoint) -> dict[str, Any]:
+        """get_model_config on the prediction path (after an inference the endpoint answered)."""
+        return {**self._infer_options(ep), **({"as_json": True} if ep.protocol == "grpc" else {})}
+
     def _health_options(self, ep: Endpoint, as_json: bool = False) -> dict[str, Any]:
         if ep.protocol == "http":
             return {"headers": self.headers}
@@ -541,9 +491,31 @@ class ClientBase:
             **({"as_json": True} if as_json else {}),
         }
 
+    def _learn_heads(self, config: Any) -> HeadClasses:
+        """Remember the heads named by the ensemble's config (read once per client: every URL serves one ensemble).
+
+        `predict` reads the config only after an endpoint has answered an inference, so a request to a server
+        that is down or hung is the inference alone (no config call ahead of it); the first request of an
+        ensemble with heads is therefore sent again, once per client, asking for the heads' outputs.
+        `predict_many` (and decode_on_client, which must know before reading a DICOM) read it ahead instead,
+        from the first endpoint whose config answers (`_read_heads`): a timeout there marks nothing down, so
+        the stream's requests meet a hung server as `predict`'s do.
+        """
+        try:
+            self._heads = heads_from_config(config)
+        except ValueError as exc:
+            raise FracScanServerError(f"model '{self.model}': {exc}") from exc
+        return self._heads
+
+    def _config_unread(self, exc: BaseException, ep: Endpoint) -> HeadClasses:
+        """The ensemble answered but its config could not be read (a proxy without the route, a blip):
+        no heads this once, and the next request asks again. The inference's answer stands."""
+        log.debug("no config of model '%s' from %s: %s: %s", self.model, ep.url, type(exc).__name__, exc)
+        return {}
+
     def _parse(self, result: Any, request: Request, latency_s: float) -> Prediction:
         try:
-            return parse_result(result, request, self.model, latency_s)
+            return parse_result(result, request, self.model, latency_s, self._heads)
         except Exception as exc:  # a server that does not speak the fracscan contract
             raise FracScanServerError(
                 f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}",
@@ -571,9 +543,3 @@ class ClientBase:
             return PredictionError.from_exception(label, exc)
         log.error("unexpected error on %s", label, exc_info=exc)
         return PredictionError(label, f"unexpected {type(exc).__name__}: {exc}", "input")
-
-
-def served_provenance(info: dict[str, Any]) -> provenance.Provenance | None:
-    """The provenance record of the ensemble that `server_info()` describes (None if it has none)."""
-    raw = (info.get("ensemble") or {}).get("provenance")
-    return provenance.Provenance.from_json(raw) if raw else None

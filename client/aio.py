@@ -9,16 +9,9 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from fracscan.client._core import (
-    ClientBase,
-    Endpoint,
-    Request,
-    down_info,
-    endpoint_info,
-    log,
-    merge_infos,
-    served_provenance,
-)
+from fracscan.client._core import ClientBase, Endpoint, Request, log
+from fracscan.client.heads import HeadClasses
+from fracscan.client.health import down_info, endpoint_info, merge_infos, served_provenance
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
 from fracscan.client.study import StudyPrediction, StudyRequest, read_views
@@ -108,6 +101,12 @@ class AsyncFracScanClient(ClientBase):
         """Where the served ensemble comes from: demo, random weights, calibration, members' hash."""
         return served_provenance(await self.server_info())
 
+    async def heads(self) -> HeadClasses:
+        """See FracScanClient.heads."""
+        if self._heads is None:
+            await self.server_info()
+        return dict(self._heads or {})
+
     async def server_info(self) -> dict[str, Any]:
         """See FracScanClient.server_info."""
         infos = []
@@ -130,6 +129,9 @@ class AsyncFracScanClient(ClientBase):
             config = await client.get_model_config(self.model, **as_json) if model_ready else None
         except Exception:  # grpc raises for a model the server does not know
             model_ready, config = False, None
+        if config is not None and self._heads is None:
+            with contextlib.suppress(FracScanError):  # a bad heads parameter fails predictions, not health
+                self._learn_heads(config)
         return endpoint_info(
             ep,
             self.model,
@@ -147,7 +149,11 @@ class AsyncFracScanClient(ClientBase):
         """Score one radiograph; raises like FracScanClient.predict."""
         if self.closed:
             raise FracScanError("the client is closed")
-        payload = await asyncio.to_thread(read_source, source, self.decode_on_client)  # file I/O, DICOM parsing
+        send_dicom = False
+        if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
+            send_dicom = bool(self._heads if self._heads is not None else await self._read_heads())
+        # file I/O, DICOM parsing
+        payload = await asyncio.to_thread(read_source, source, self.decode_on_client, send_dicom)
         request = Request.make(payload, region)
         started = time.perf_counter()
         result = await self._call(request)
@@ -159,9 +165,12 @@ class AsyncFracScanClient(ClientBase):
         """Async iterator: one result per input, in input order, `concurrency` requests in flight.
 
         `sources` (an iterable or async iterable) is consumed lazily; a failed input yields a
-        PredictionError and the rest go on.
+        PredictionError and the rest go on. The heads are read before the first request, as
+        FracScanClient.predict_many does.
         """
         concurrency = self._check_concurrency(concurrency)
+        if self._heads is None:  # known before the first request: none is sent twice to learn them
+            await self._read_heads()
         slots = asyncio.Semaphore(concurrency)  # a source is read only when its request may start
         pending: deque[asyncio.Task[Prediction | PredictionError]] = deque()  # at most 2 x concurrency
 
@@ -201,10 +210,11 @@ class AsyncFracScanClient(ClientBase):
             ep = attempts.endpoint()
             started = time.monotonic()
             try:
+                client = self._client(ep)
+                if isinstance(request, Request):
+                    return await self._infer_ensemble(client, ep, request)
                 inputs, outputs = request.tensors(ep.protocol)
-                return await self._client(ep).infer(
-                    model or self.model, inputs, outputs=outputs, **self._infer_options(ep)
-                )
+                return await client.infer(model or self.model, inputs, outputs=outputs, **self._infer_options(ep))
             except Exception as exc:
                 err = self._map(exc, ep, request.label, started)
                 delay = attempts.after(ep, err)
@@ -214,6 +224,41 @@ class AsyncFracScanClient(ClientBase):
                     raise err from exc
                 log.warning("%s; trying again in %.2f s", err, delay)
                 await asyncio.sleep(delay)
+
+    async def _infer_ensemble(self, client: Any, ep: Endpoint, request: Request) -> Any:
+        """See FracScanClient._infer_ensemble."""
+        known = self._heads
+        inputs, outputs = request.tensors(ep.protocol, known)
+        result = await client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+        if known is None and await self._heads_from(client, ep):  # the ensemble has heads: ask for them too
+            inputs, outputs = request.tensors(ep.protocol, self._heads)
+            result = await client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+        return result
+
+    async def _read_heads(self) -> HeadClasses | None:
+        """See FracScanClient._read_heads."""
+        for ep in self.endpoints:
+            if self._heads is not None or ep.is_down():
+                continue
+            try:
+                config = await self._client(ep).get_model_config(self.model, **self._config_options(ep))
+            except Exception as exc:
+                self._config_unread(exc, ep)
+                continue
+            with contextlib.suppress(FracScanError):  # a bad heads parameter fails each prediction instead
+                self._learn_heads(config)
+            break
+        return self._heads
+
+    async def _heads_from(self, client: Any, ep: Endpoint) -> HeadClasses:
+        """See FracScanClient._heads_from."""
+        if self._heads is not None:
+            return self._heads
+        try:
+            config = await client.get_model_config(self.model, **self._config_options(ep))
+        except Exception as exc:
+            return self._config_unread(exc, ep)
+        return self._learn_heads(config)
 
 
 async def _aiter(sources: Iterable[Source] | AsyncIterable[Source]) -> AsyncIterator[Source]:

@@ -7,7 +7,7 @@ birth date goes into a result, a message or a log line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from fracscan.contract import Level as Level  # the SDK re-exports both
@@ -86,6 +86,22 @@ class Box:
 
 
 @dataclass(frozen=True)
+class HeadResult:
+    """A classification head's answer (Olczak et al. 2017: laterality, body part, view)."""
+
+    label: str  # the top class
+    probs: dict[str, float]  # every class's probability, in the spec's class order
+
+    @property
+    def confidence(self) -> float:
+        """The top class's probability."""
+        return self.probs[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "probs": dict(self.probs)}
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The ensemble's answer for one radiograph."""
 
@@ -107,12 +123,17 @@ class Prediction:
     study_instance_uid: str | None = None
     level: Level = "negative"  # negative / suspicious / definite; the boxes inherit it
     definite_threshold: float | None = None  # the high-specificity point applied, None when the region has none
+    # Ensembles with classification heads only (empty otherwise): each head's answer, and the quality-control
+    # warnings (DICOM states one thing, a confident head another).
+    heads: dict[str, HeadResult] = field(default_factory=dict)
+    qc: tuple[str, ...] = ()
 
     ok: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists."""
-        return {
+        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists; `heads` and `qc` only
+        when the ensemble has heads."""
+        out: dict[str, Any] = {
             "source": self.source,
             "ok": True,
             "score": self.score,
@@ -133,6 +154,10 @@ class Prediction:
             "series_instance_uid": self.series_instance_uid,
             "study_instance_uid": self.study_instance_uid,
         }
+        if self.heads:
+            out["heads"] = {name: head.to_dict() for name, head in self.heads.items()}
+            out["qc"] = list(self.qc)
+        return out
 
 
 @dataclass(frozen=True)

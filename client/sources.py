@@ -21,18 +21,11 @@ import pydicom
 from numpy.typing import NDArray
 
 from fracscan.client.models import InvalidInput
-from fracscan.decode import (
-    DecodeError,
-    declared_dimensions,
-    decode_image,
-    dicom_error_reason,
-    read_dicom_header,
-    sniff_kind,
-)
+from fracscan.decode import DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
+from fracscan.dicom_attributes import dicom_error_reason, instance_uids
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | NDArray[Any] | pydicom.Dataset
 
-UID_TAGS = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID"}
 HEAD_BYTES = 132  # enough to recognise every format (DICOM's magic ends at byte 132)
 UNRECOGNISED = "unrecognised image format: expected DICOM Part-10 (with 'DICM' preamble), PNG, JPEG, TIFF or .npy"
 
@@ -60,12 +53,16 @@ def source_label(source: object) -> str:
     return f"<{type(source).__name__}>"
 
 
-def read_source(source: Source, decode_on_client: bool = False) -> Payload:
-    """Read and check one source; raise InvalidInput(source label, problem)."""
+def read_source(source: Source, decode_on_client: bool = False, send_dicom: bool = False) -> Payload:
+    """Read and check one source; raise InvalidInput(source label, problem).
+
+    decode_on_client: send decoded pixels (.npy), with the DICOM region term as `dicom_region`;
+    send_dicom: but a DICOM as it is (an ensemble with heads reads ImageLaterality / BodyPartExamined).
+    """
     label = source_label(source)
     data = _raw_bytes(source, label)
     kind, uids = check_encoded(data, label)
-    if not decode_on_client:
+    if not decode_on_client or (send_dicom and kind == "dicom"):
         return Payload(label, data, kind, uids)
     try:
         decoded = decode_image(data)
@@ -107,7 +104,7 @@ def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
         ds = read_dicom_header(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
-    return kind, {key: str(ds.get(tag)) for key, tag in UID_TAGS.items() if ds.get(tag)}
+    return kind, instance_uids(ds)
 
 
 def _raw_bytes(source: Source, label: str) -> bytes:

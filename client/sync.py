@@ -10,16 +10,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fracscan.client._core import (
-    ClientBase,
-    Endpoint,
-    Request,
-    down_info,
-    endpoint_info,
-    log,
-    merge_infos,
-    served_provenance,
-)
+from fracscan.client._core import ClientBase, Endpoint, Request, log
+from fracscan.client.heads import HeadClasses
+from fracscan.client.health import down_info, endpoint_info, merge_infos, served_provenance
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
 from fracscan.client.study import StudyPrediction, StudyRequest, read_views
@@ -131,6 +124,15 @@ class FracScanClient(ClientBase):
         """Where the served ensemble comes from: demo, random weights, calibration, members' hash."""
         return served_provenance(self.server_info())
 
+    def heads(self) -> HeadClasses:
+        """The served ensemble's classification heads, {head: classes in the spec's order}; {} without heads.
+
+        Read from the ensemble's config once per client (predict learns them on its first request too).
+        """
+        if self._heads is None:
+            self.server_info()
+        return dict(self._heads or {})
+
     def server_info(self) -> dict[str, Any]:
         """Live, ready, server version and the repository's models (name, version, state) of the
         first reachable server, plus `endpoints`: a line per URL. FracScanConnectionError if none answers."""
@@ -154,6 +156,9 @@ class FracScanClient(ClientBase):
             config = client.get_model_config(self.model, **as_json) if model_ready else None
         except Exception:  # grpc raises for a model the server does not know
             model_ready, config = False, None
+        if config is not None and self._heads is None:
+            with contextlib.suppress(FracScanError):  # a bad heads parameter fails predictions, not health
+                self._learn_heads(config)
         return endpoint_info(
             ep,
             self.model,
@@ -180,9 +185,12 @@ class FracScanClient(ClientBase):
         memory stays flat however many inputs there are. A failed input yields a PredictionError
         and the rest go on. One image per request: the server batches requests dynamically, and
         a bad image cannot fail its neighbours. Closing the iterator early waits for the
-        requests in flight.
+        requests in flight. The ensemble's heads are read from its config before the first request
+        (see ClientBase._learn_heads).
         """
         concurrency = self._check_concurrency(concurrency)
+        if self._heads is None:  # known before the pool starts: no request is sent twice to learn them
+            self._read_heads()
         clients = _ThreadClients(self._new_client)  # this call's worker threads get their own clients
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fracscan")
         pending: deque[Future[Prediction | PredictionError]] = (
@@ -211,7 +219,10 @@ class FracScanClient(ClientBase):
     def _predict(self, source: Source, region: str | None, clients: _ThreadClients) -> Prediction:
         if self.closed:
             raise FracScanError("the client is closed")
-        payload = read_source(source, self.decode_on_client)
+        send_dicom = False
+        if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
+            send_dicom = bool(self._heads if self._heads is not None else self._read_heads())
+        payload = read_source(source, self.decode_on_client, send_dicom)
         request = Request.make(payload, region)
         started = time.perf_counter()
         result = self._call(clients, request)
@@ -237,8 +248,11 @@ class FracScanClient(ClientBase):
             ep = attempts.endpoint()
             started = time.monotonic()
             try:
+                client = clients.get(ep)
+                if isinstance(request, Request):
+                    return self._infer_ensemble(client, ep, request)
                 inputs, outputs = request.tensors(ep.protocol)
-                return clients.get(ep).infer(model or self.model, inputs, outputs=outputs, **self._infer_options(ep))
+                return client.infer(model or self.model, inputs, outputs=outputs, **self._infer_options(ep))
             except Exception as exc:
                 err = self._map(exc, ep, request.label, started)
                 delay = attempts.after(ep, err)
@@ -248,3 +262,39 @@ class FracScanClient(ClientBase):
                     raise err from exc
                 log.warning("%s; trying again in %.2f s", err, delay)
                 time.sleep(delay)
+
+    def _infer_ensemble(self, client: Any, ep: Endpoint, request: Request) -> Any:
+        """One ensemble inference, with the heads' outputs once they are known (see ClientBase._learn_heads)."""
+        known = self._heads
+        inputs, outputs = request.tensors(ep.protocol, known)
+        result = client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+        if known is None and self._heads_from(client, ep):  # the ensemble has heads: ask for them too
+            inputs, outputs = request.tensors(ep.protocol, self._heads)
+            result = client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
+        return result
+
+    def _read_heads(self) -> HeadClasses | None:
+        """The heads read ahead of a request (ClientBase._learn_heads): from the first endpoint not marked down
+        whose config answers; None when none does (the first answered inference learns them then)."""
+        for ep in self.endpoints:
+            if self._heads is not None or ep.is_down():
+                continue
+            try:
+                config = self._clients.get(ep).get_model_config(self.model, **self._config_options(ep))
+            except Exception as exc:
+                self._config_unread(exc, ep)
+                continue
+            with contextlib.suppress(FracScanError):  # a bad heads parameter fails each prediction instead
+                self._learn_heads(config)
+            break
+        return self._heads
+
+    def _heads_from(self, client: Any, ep: Endpoint) -> HeadClasses:
+        """The ensemble's heads: known, or read from its config on `ep`, which has just answered."""
+        if self._heads is not None:
+            return self._heads
+        try:
+            config = client.get_model_config(self.model, **self._config_options(ep))
+        except Exception as exc:
+            return self._config_unread(exc, ep)
+        return self._learn_heads(config)

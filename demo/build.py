@@ -45,6 +45,7 @@ import typer
 
 from fracscan import contract, evaluation
 from fracscan.demo import synthetic
+from fracscan.demo.inputs import npy_bytes
 from fracscan.export.members import build_member
 from fracscan.export.onnx_export import check_parity, export_member
 from fracscan.export.repository import write_repository
@@ -260,19 +261,11 @@ def load_members(spec: EnsembleSpec, path: Path):
     return [(member, saved[member.name]) for member in spec.members]
 
 
-def _npy(pixels: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, pixels)
-    return buf.getvalue()
-
-
 def predictions(runner: ReferenceRunner, split: Split, name: str) -> list[dict]:
     """The ensemble's answers for a split, as `fracscan predict --format jsonl` rows."""
     rows = []
     for i, case in enumerate(split.cases):
-        r = runner.predict(_npy(case.pixels), case.region)
+        r = runner.predict(npy_bytes(case.pixels), case.region)
         rows.append(
             {
                 "source": f"{name}/{i:05d}",

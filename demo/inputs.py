@@ -22,12 +22,13 @@ from .synthetic.scenes import choose
 RENDER_SCALE = 2
 
 
-def synthetic_radiographs(batch: int, size: int, seed: int = 0) -> np.ndarray:
-    """[batch, 2, size, size] float32 in [-1, 1]: plain and LCN channels of synthetic radiographs.
+def synthetic_radiographs(batch: int, size: int, seed: int = 0, channels: int = 2) -> np.ndarray:
+    """[batch, channels, size, size] float32 in [-1, 1]: plain and LCN channels of synthetic radiographs.
 
     Deterministic for (batch, size, seed); region, fracture and orientation are drawn per case.
+    `channels` 1: the plain channel only (a spec with lcn = false).
     """
-    return _frames(int(batch), int(size), int(seed)).copy()
+    return _frames(int(batch), int(size), int(seed))[:, : int(channels)].copy()
 
 
 @lru_cache(maxsize=32)
@@ -43,3 +44,12 @@ def _frames(batch: int, size: int, seed: int) -> np.ndarray:
         out[b] = preprocess(make_case(int(case_seed), shape=shape).pixels, spec)[0]
     out.setflags(write=False)
     return out
+
+
+def npy_bytes(pixels: np.ndarray) -> bytes:
+    """A synthetic radiograph as the `.npy` bytes the ensemble's IMAGE input takes."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, pixels)
+    return buf.getvalue()

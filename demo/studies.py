@@ -15,7 +15,6 @@ DEMO ONLY: synthetic radiographs, not for clinical use.
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import typer
 
 from fracscan.contract import STUDY_RULES, THRESHOLDS_FILE
+from fracscan.demo.inputs import npy_bytes
 from fracscan.demo.synthetic.studies import make_study
 from fracscan.evaluation import binary_metrics, calibrate
 from fracscan.evaluation.matching import Case
@@ -42,12 +42,6 @@ DEFINITE_SPECIFICITY = 0.95  # as the demo build's image-level definite point
 _runner: ReferenceRunner | None = None
 
 
-def _npy(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, pixels)
-    return buf.getvalue()
-
-
 def _score_study(job: tuple[int, str, bool]) -> dict[str, Any]:
     """One study: its label and each view's label, score and region (in a worker process)."""
     global _runner
@@ -55,7 +49,7 @@ def _score_study(job: tuple[int, str, bool]) -> dict[str, Any]:
         _runner = ReferenceRunner(REPOSITORY, threads=1)
     seed, region, fracture = job
     study = make_study(seed, region, fracture)
-    results = [_runner.predict(_npy(v.pixels), study.region) for v in study.views]
+    results = [_runner.predict(npy_bytes(v.pixels), study.region) for v in study.views]
     return {
         "study": study.uid,
         "region": study.region,

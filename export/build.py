@@ -53,17 +53,18 @@ class MemberSource:
         }[self.kind]
 
 
-def demo_repository() -> Path:
-    from fracscan.server import DEMO_REPOSITORY
+def demo_repository(spec: EnsembleSpec) -> Path:
+    """The committed repository of a demo spec: the Jones demo's, or the Olczak demo's."""
+    from fracscan.server import DEMO_REPOSITORY, OLCZAK_DEMO_REPOSITORY
 
-    return DEMO_REPOSITORY
+    return OLCZAK_DEMO_REPOSITORY if spec.name == "olczak_demo" else DEMO_REPOSITORY
 
 
 def _demo_sources(spec: EnsembleSpec, indices: list[int]) -> dict[int, MemberSource]:
     """Members of a demo spec from the committed demo repository, if it holds exactly these members."""
     from dataclasses import replace
 
-    repo = demo_repository()
+    repo = demo_repository(spec)
     served_path = repo / c.SPEC_FILE
     if not served_path.is_file():
         raise MembersNotGiven(
@@ -105,20 +106,21 @@ def member_sources(spec: EnsembleSpec, random_init: bool = False) -> list[Member
         raise MembersNotGiven(
             f"{len(bare)} of the {len(spec.members)} members of spec '{spec.name}' have neither an 'onnx' file nor "
             f"a 'checkpoint' in {spec.source}: {names}. Copy the spec, set `checkpoint = \"path/to/member.pt\"` "
-            "(a FractureMember or DRN reference state_dict, relative to the copy) for each member and pass "
+            "(a FractureMember, DRN reference or VGG-16 state_dict, relative to the copy) for each member and pass "
             "--spec COPY.toml (see docs/spec.md); or pass --random-init for sizing and load tests"
         )
     return [sources[i] for i in range(len(spec.members))]
 
 
-def _parity_inputs(size: int) -> list[Any]:
-    """Small batches (1 and 2): noise and demo radiographs through the core pre-processing."""
+def _parity_inputs(size: int, channels: int) -> list[Any]:
+    """Small batches (1 and 2) of [channels, S, S]: noise and demo radiographs through the core pre-processing."""
     import numpy as np
 
     from fracscan.demo.inputs import synthetic_radiographs
 
     rng = np.random.default_rng(1)
-    return [rng.uniform(-1, 1, (1, 2, size, size)).astype(np.float32), synthetic_radiographs(2, size, seed=2)]
+    noise = rng.uniform(-1, 1, (1, channels, size, size)).astype(np.float32)
+    return [noise, synthetic_radiographs(2, size, seed=2, channels=channels)]
 
 
 def _torch_member(spec: EnsembleSpec, index: int, source: MemberSource) -> Any:
@@ -134,7 +136,9 @@ def _torch_member(spec: EnsembleSpec, index: int, source: MemberSource) -> Any:
     torch.manual_seed(index)  # the same random member every time: the export is reusable
     model = build_member(member)
     # realistic BatchNorm statistics, so the random member's outputs are not all 0 or 1
-    images = torch.from_numpy(synthetic_radiographs(2, spec.preprocess.size, seed=index))
+    images = torch.from_numpy(
+        synthetic_radiographs(2, spec.preprocess.size, seed=index, channels=member.pixel_channels)
+    )
     return calibrate_batchnorm(model, [images]).eval()
 
 
@@ -161,12 +165,12 @@ def export_one(
     from fracscan.export.members import count_parameters
     from fracscan.export.onnx_export import check_parity, export_member
 
-    size = spec.preprocess.size
+    size, channels = spec.preprocess.size, spec.members[index].pixel_channels
     model = _torch_member(spec, index, source)
     try:
         tmp = temp.new(f"{c.member_model(index)}.onnx")
         export_member(model, spec.members[index], size, tmp, opset=resume.OPSET)
-        worst = check_parity(model, tmp, size, inputs=_parity_inputs(size), atol=PARITY_ATOL)
+        worst = check_parity(model, tmp, size, inputs=_parity_inputs(size, channels), atol=PARITY_ATOL)
         parameters = count_parameters(model)
     finally:
         del model
@@ -174,7 +178,7 @@ def export_one(
     if target == "tensorrt":
         from fracscan.export.onnx_check import check_members
 
-        check_members([tmp], size)
+        check_members([tmp], size, channels)
     final = resume.member_onnx_path(output, index)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
@@ -272,7 +276,7 @@ def choose_thresholds(
         )
         return None
     if sources and all(s.kind == "demo" for s in sources):
-        demo = demo_repository()
+        demo = demo_repository(spec)
         record = provenance.read(demo)
         if record.calibrated and record.member_hashes == tuple(hashes):
             report(f"installed the demo repository's calibrated {c.THRESHOLDS_FILE} (the same members)")
@@ -300,7 +304,7 @@ def build_repository(
     if target == "tensorrt" and given:  # fail now, not later when the engines are built in the container
         from fracscan.export.onnx_check import check_members  # needs onnx (the export extra)
 
-        check_members(given, spec.preprocess.size)
+        check_members(given, spec.preprocess.size, spec.preprocess.channels)
     existing = existing_repository(output)
     stale = resume.remove_stale_temp_files(output)
     if stale:

@@ -1,4 +1,4 @@
-"""Checkpoints in, `FractureMember` state_dicts out: fracscan's own layout and the DRN reference layout.
+"""Checkpoints in, member state_dicts out: fracscan's own layout, the DRN reference layout, torchvision's VGG-16.
 
 Most DRNs are trained with the DRN authors' reference implementation (github.com/fyu/drn). Its
 checkpoints are read here without its code, by renaming keys (the mapping is documented in
@@ -19,6 +19,14 @@ radiograph, the summed filter gives the identical response (an average would sca
 and the BatchNorm statistics behind it would no longer fit). A 2-channel member gets the sum on
 its plain channel and zeros on its LCN channel: it computes what the RGB network computed on
 the plain image until fine-tuning teaches it the LCN channel.
+
+A vgg16 member (fracscan.export.vgg) has torchvision's layout, so torchvision VGG-16 state_dicts map
+1:1: `features.*` and `classifier.0/3` at width 1.0. Its stem keeps 3 channels (the member replicates
+the gray channel in its graph), so no stem is adapted. `classifier.6` is ImageNet's 1000-class
+classifier: it is dropped, with a note (a 1- or 2-class `classifier.6`, a fine-tuned fracture
+classifier, becomes `score_head` by the rule above). An ImageNet-only checkpoint therefore lacks
+`score_head` and the spec's `heads.*`; loading it fails naming those keys and saying that a trained
+fracture network is needed (fine-tune first). A checkpoint of fracscan's own vgg16 loads as is.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import torch
 from fracscan.spec import MemberSpec
 
 WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": ...}, {"model": ...} as training scripts save them
-NATIVE_PREFIXES = ("backbone.", "score_head.", "map_head.", "attention.")
+NATIVE_PREFIXES = ("backbone.", "score_head.", "map_head.", "attention.", "heads.")
+VGG_PREFIXES = ("features.", "classifier.", "score_head.", "heads.")
+TORCHVISION_CLASSIFIER = "classifier.6"  # torchvision VGG-16's last Linear: ImageNet's 1000 classes
 # DRNSeg's `base` is nn.Sequential(*children[:-2]) of the classification DRN: the index of each level
 DRNSEG_C = {0: "layer0.0", 1: "layer0.1", **{i + 2: f"layer{i}" for i in range(1, 9)}}  # conv1, bn1, relu, layer1..8
 DRNSEG_D = {i: f"layer{i}" for i in range(0, 9)}  # layer0 (conv, bn, relu), layer1..8
@@ -55,6 +65,7 @@ class Converted:
     # keys of the checkpoint with no place in the member -> why; kept in `state` under their own names, so
     # that loading reports them as unexpected instead of dropping weights silently
     unmapped: dict[str, str] = field(default_factory=dict)
+    hint: str = ""  # what to do when the member's keys are missing (an ImageNet-only VGG-16: fine-tune first)
 
 
 def read_state_dict(path: Path, member_name: str) -> dict[str, Any]:
@@ -156,8 +167,42 @@ def adapt_stem(state: dict[str, torch.Tensor], in_channels: int, notes: list[str
     notes.append(f"3-channel stem summed over R, G, B {where}".rstrip())
 
 
+def _vgg_state(state: dict[str, Any], member: MemberSpec) -> Converted:
+    """torchvision's VGG-16 or fracscan's own vgg16 layout: the same names; classifier.6 has no place."""
+    layout = "torchvision" if any(k.startswith(f"{TORCHVISION_CLASSIFIER}.") for k in state) else "fracscan"
+    converted = Converted({}, layout)
+    for key, value in state.items():
+        if key.startswith(f"{TORCHVISION_CLASSIFIER}."):
+            continue
+        if not key.startswith(VGG_PREFIXES):
+            converted.unmapped[key] = "no place in a vgg16 member"
+        converted.state[key] = value
+    weight = state.get(f"{TORCHVISION_CLASSIFIER}.weight")
+    if weight is not None:
+        classes = weight.shape[0]
+        if classes in (1, 2) and "score_head.weight" not in state:
+            converted.state.update(_head(weight, state.get(f"{TORCHVISION_CLASSIFIER}.bias"), "score_head", True))
+            converted.notes.append(f"{TORCHVISION_CLASSIFIER} ({classes} classes) -> score_head")
+        else:
+            converted.notes.append(
+                f"{TORCHVISION_CLASSIFIER} ({classes} classes, torchvision's ImageNet classifier) dropped: "
+                "score_head and the heads replace it"
+            )
+    wanted = ["score_head", *(f"heads.{h.name}" for h in member.heads)]
+    absent = [m for m in wanted if f"{m}.weight" not in converted.state]
+    if absent:
+        converted.hint = (
+            f"The checkpoint has no {', '.join(absent)}: a vgg16 member needs a trained fracture network, which an "
+            "ImageNet VGG-16 is not. Fine-tune it first (its features.* and classifier.0/3 load as they are) and "
+            "give the trained network's checkpoint"
+        )
+    return converted
+
+
 def to_member_state(state: dict[str, Any], member: MemberSpec) -> Converted:
     """`state` in the member's key layout (see the module docstring); nothing is loaded yet."""
+    if member.arch == "vgg16":
+        return _vgg_state(state, member)
     layout = detect_layout(state)
     converted = Converted({}, layout)
     rename = {"drn": _rename_drn, "drnseg": _drnseg_renamer(state)}.get(layout)

@@ -29,7 +29,7 @@ class MemberCost:
 def member_cost(spec: MemberSpec, size: int) -> MemberCost:
     with torch.device("meta"):
         model = build_member(spec).eval()
-        image = torch.empty(1, 2, size, size)
+        image = torch.empty(1, spec.pixel_channels, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(image)
     return MemberCost(spec.name, count_parameters(model), counter.get_total_flops())

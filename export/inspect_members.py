@@ -1,8 +1,8 @@
 """`fracscan export --check`: load every member as the export would, report, export nothing.
 
-For a checkpoint: its layout (fracscan, DRN reference classification, DRNSeg), what the conversion
-did (fracscan.export.checkpoints), the member's parameter count and every missing, unexpected or
-mis-shaped key, in full. For an ONNX file (given, or the committed demo's): its weight count and
+For a checkpoint: its layout (fracscan, DRN reference classification, DRNSeg, torchvision VGG-16),
+what the conversion did (fracscan.export.checkpoints), the member's parameter count and every missing,
+unexpected or mis-shaped key, in full, and what to do about missing ones (an ImageNet-only VGG-16). For an ONNX file (given, or the committed demo's): its weight count and
 whether its inputs, outputs and operators are what the serving side expects.
 """
 
@@ -61,6 +61,8 @@ def _check_checkpoint(spec: EnsembleSpec, index: int, check: MemberCheck) -> Non
     check.parameters = count_parameters(member)
     check.layout, check.notes, check.reasons = converted.layout, converted.notes, converted.unmapped
     check.missing, check.unexpected, check.shapes = keys.missing, keys.unexpected, keys.shapes
+    if converted.hint and not keys.ok:
+        check.notes = [*check.notes, converted.hint]
 
 
 def _check_onnx(spec: EnsembleSpec, index: int, source: MemberSource, check: MemberCheck) -> None:

@@ -8,9 +8,11 @@ Backbone layout (output stride 8), levels 0..8 with channels (16, 32, 64, 128, 2
     level 5-6  residual blocks, dilation 2 and 4  (no more striding: the map stays at S/8)
     level 7-8  dilation 2 then 1, no residual     ("degridding"; C: BasicBlocks, D: conv layers)
 
-A member (`FractureMember`) takes the pre-processed image pair `image` [B, 2, S, S]
-(channel 0 plain, channel 1 LCN, both in [-1, 1]), picks the channel(s) its spec asks for,
-and outputs probabilities: `score` [B, 1] and, for map members, `map` [B, 1, S/8, S/8].
+A member (`FractureMember`) takes the pre-processed input `image` [B, pixel_channels, S, S]
+(channel 0 plain, channel 1 LCN where the spec has LCN, all in [-1, 1]), picks the channel(s) its
+spec asks for, and outputs probabilities: `score` [B, 1], for map members `map` [B, 1, S/8, S/8],
+and for each classification head of the spec `head_<name>` [B, K] (softmax). `build_member`
+dispatches on the arch: the DRNs here, vgg16 in fracscan.export.vgg.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fracscan.spec import ARCHS, MemberSpec
+from fracscan import contract
+from fracscan.spec import DRN_ARCHS, HeadSpec, MemberSpec
 
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 SPP_GRIDS = (1, 2, 4)  # spatial pyramid pooling grids: 1x1 + 2x2 + 4x4 = 21 bins per channel
@@ -34,7 +37,7 @@ ARCH_CONFIGS: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "drn_d_38": ("D", "basic", (1, 1, 3, 4, 6, 3, 1, 1)),
     "drn_d_54": ("D", "bottleneck", (1, 1, 3, 4, 6, 3, 1, 1)),
 }
-assert set(ARCH_CONFIGS) == set(ARCHS), "fracscan.spec.ARCHS and ARCH_CONFIGS disagree"
+assert set(ARCH_CONFIGS) == set(DRN_ARCHS), "fracscan.spec.DRN_ARCHS and ARCH_CONFIGS disagree"
 
 
 class CheckpointMismatchError(ValueError):
@@ -188,16 +191,75 @@ def drn_backbone(arch: str, num_classes: int = 1000) -> DRNClassifier:
     return DRNClassifier(arch, num_classes)
 
 
-class FractureMember(nn.Module):
-    """One ensemble member built from a `MemberSpec`.
+def member_output_names(spec: MemberSpec) -> tuple[str, ...]:
+    """score, [map], head_<name> per head: a member's outputs in the contract's order."""
+    names = (contract.MEMBER_SCORE, contract.MEMBER_MAP) if spec.map else (contract.MEMBER_SCORE,)
+    return names + tuple(contract.member_head(h.name) for h in spec.heads)
 
-    `forward(image)` returns {"score": [B, 1], "map": [B, 1, S/8, S/8] (map members only)} as
-    probabilities; `forward_logits(image)` returns the same before the sigmoid (for training
-    with BCE-with-logits). Every member takes the same input `image` [B, 2, S, S].
+
+def select_channels(image: torch.Tensor, spec: MemberSpec) -> torch.Tensor:
+    """The channel(s) `spec.input` names of the shared input [B, pixel_channels, S, S]: plain 0, LCN 1."""
+    channels = spec.pixel_channels
+    # Checked eagerly only: under ONNX tracing the shape is fixed by the export itself.
+    if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != channels):
+        names = "plain, LCN" if channels == 2 else "plain"
+        raise ValueError(
+            f"member {spec.name!r}: expected image [B, {channels}, S, S] ({names}), got {list(image.shape)}"
+        )
+    if channels == 1:
+        return image
+    if spec.input == "plain":
+        return image[:, 0:1]
+    if spec.input == "lcn":
+        return image[:, 1:2]
+    return image
+
+
+def check_channels(spec: MemberSpec) -> None:
+    """The member's input exists in the shared input: LCN (input lcn or both) needs pixel_channels 2."""
+    if spec.pixel_channels not in (1, 2):
+        raise ValueError(f"member {spec.name!r}: pixel_channels must be 1 (plain) or 2 (plain, LCN)")
+    if spec.pixel_channels == 1 and spec.input != "plain":
+        raise ValueError(f"member {spec.name!r}: input {spec.input!r} needs the LCN channel (pixel_channels 2)")
+
+
+def head_layers(features: int, heads: tuple[HeadSpec, ...]) -> nn.ModuleDict | None:
+    """`heads.<name>`: one Linear(features -> K) per classification head; None without heads (no state_dict keys)."""
+    if not heads:
+        return None
+    taken = [h.name for h in heads if hasattr(nn.ModuleDict, h.name)]
+    if taken:
+        raise ValueError(f"head names {taken} are names of torch's ModuleDict: rename the heads")
+    return nn.ModuleDict({h.name: nn.Linear(features, len(h.classes)) for h in heads})
+
+
+def head_logits(heads: nn.ModuleDict | None, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`head_<name>` -> logits [B, K], in the spec's head order (the ONNX output order)."""
+    if heads is None:
+        return {}
+    return {contract.member_head(name): layer(pooled) for name, layer in heads.items()}
+
+
+def probabilities(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sigmoid for score and map, softmax over the classes for each head."""
+    return {
+        k: torch.softmax(v, dim=1) if k.startswith(contract.MEMBER_HEAD_PREFIX) else torch.sigmoid(v)
+        for k, v in logits.items()
+    }
+
+
+class FractureMember(nn.Module):
+    """One DRN ensemble member built from a `MemberSpec`.
+
+    `forward(image)` returns {"score": [B, 1], "map": [B, 1, S/8, S/8] (map members only),
+    "head_<name>": [B, K] per head} as probabilities; `forward_logits(image)` returns the same
+    before the sigmoid / softmax (for training with BCE- / cross-entropy-with-logits). Every member
+    takes the same input `image` [B, pixel_channels, S, S].
     """
 
     def __init__(self, spec: MemberSpec):
         super().__init__()
+        check_channels(spec)
         self.spec = spec
         self.backbone = DRN(spec.arch, in_channels=spec.in_channels, width=spec.width)
         c = self.backbone.out_channels
@@ -206,22 +268,14 @@ class FractureMember(nn.Module):
         bins = sum(g * g for g in SPP_GRIDS) if spec.head == "spp" else 1
         self.score_head = nn.Linear(c * bins, 1)
         self.map_head = nn.Conv2d(c, 1, 1) if spec.map else None
+        self.heads = head_layers(c * bins, spec.heads)  # on the pooled features, like the score
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("score", "map") if self.spec.map else ("score",)
+        return member_output_names(self.spec)
 
     def select_input(self, image: torch.Tensor) -> torch.Tensor:
-        # Checked eagerly only: under ONNX tracing the shape is fixed by the export itself.
-        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 2):
-            raise ValueError(
-                f"member {self.spec.name!r}: expected image [B, 2, S, S] (plain, LCN), got {list(image.shape)}"
-            )
-        if self.spec.input == "plain":
-            return image[:, 0:1]
-        if self.spec.input == "lcn":
-            return image[:, 1:2]
-        return image
+        return select_channels(image, self.spec)
 
     def forward_logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(self.select_input(image))
@@ -231,17 +285,24 @@ class FractureMember(nn.Module):
             pooled = torch.cat([F.adaptive_max_pool2d(gated, g).flatten(1) for g in SPP_GRIDS], dim=1)
         else:
             pooled = F.adaptive_avg_pool2d(gated, 1).flatten(1)
-        out = {"score": self.score_head(pooled)}
+        out = {contract.MEMBER_SCORE: self.score_head(pooled)}
         if self.map_head is not None:
-            out["map"] = self.map_head(feats)  # the map sees the ungated features
-        return out
+            out[contract.MEMBER_MAP] = self.map_head(feats)  # the map sees the ungated features
+        return out | head_logits(self.heads, pooled)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: torch.sigmoid(v) for k, v in self.forward_logits(image).items()}
+        return probabilities(self.forward_logits(image))
 
 
-def build_member(spec: MemberSpec) -> FractureMember:
-    """A freshly initialised member (train mode, as any new nn.Module)."""
+Member = nn.Module  # FractureMember or fracscan.export.vgg.VGGMember: spec, output_names, forward_logits, forward
+
+
+def build_member(spec: MemberSpec) -> Member:
+    """A freshly initialised member of `spec.arch` (train mode, as any new nn.Module)."""
+    if spec.arch == "vgg16":
+        from .vgg import VGGMember  # vgg builds on this module's head and channel helpers
+
+        return VGGMember(spec)
     return FractureMember(spec)
 
 
@@ -273,7 +334,7 @@ class KeyReport:
         return not (self.missing or self.unexpected or self.shapes)
 
 
-def compare_state_dict(member: FractureMember, state: dict) -> KeyReport:
+def compare_state_dict(member: Member, state: dict) -> KeyReport:
     own = member.state_dict()
     return KeyReport(
         missing=tuple(k for k in own if k not in state),
@@ -286,8 +347,8 @@ def compare_state_dict(member: FractureMember, state: dict) -> KeyReport:
     )
 
 
-def check_state_dict(member: FractureMember, state: dict) -> None:
-    """Raise CheckpointMismatchError when `state` does not fit `member` exactly."""
+def check_state_dict(member: Member, state: dict, hint: str = "") -> None:
+    """Raise CheckpointMismatchError when `state` does not fit `member` exactly; `hint` says what to do."""
     report = compare_state_dict(member, state)
     if report.ok:
         return
@@ -303,10 +364,12 @@ def check_state_dict(member: FractureMember, state: dict) -> None:
             f"shape mismatch (checkpoint vs model) {'; '.join(shapes[:3])}"
             + (f" ... and {len(shapes) - 3} more" if len(shapes) > 3 else "")
         )
+    heads = f" heads [{', '.join(h.name for h in spec.heads)}]" if spec.heads else ""
     raise CheckpointMismatchError(
         f"member {spec.name!r}: checkpoint does not match arch {spec.arch} width {spec.width} "
-        f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}: "
+        f"input {spec.input} head {spec.head} attention {spec.attention} map {spec.map}{heads}: "
         + ", ".join(problems)
+        + (f". {hint}" if hint else "")
         + " (`fracscan export --check` lists every key)"
     )
 
@@ -335,15 +398,15 @@ def member_state(spec: MemberSpec, spec_dir: str | Path | None = None):
     return member, converted
 
 
-def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> FractureMember:
+def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> Member:
     """Build a member and load `spec.checkpoint` (path relative to `spec_dir`), in eval mode.
 
     Accepts a bare state_dict or a dict holding one under "state_dict" / "model", strips a
     DataParallel "module." prefix, and maps the DRN reference implementation's layouts
-    (fracscan.export.checkpoints). Raises CheckpointMismatchError if it does not fit.
+    and torchvision's VGG-16 (fracscan.export.checkpoints). Raises CheckpointMismatchError if it does not fit.
     """
     member, converted = member_state(spec, spec_dir)
-    check_state_dict(member, converted.state)
+    check_state_dict(member, converted.state, converted.hint)
     member.load_state_dict(converted.state)
     return member.eval()
 

@@ -1,4 +1,8 @@
-"""The `normalize` model's ONNX graph, generated from the spec: FRAME [B, 1, S, S] -> PIXELS [B, 2, S, S].
+"""The `normalize` model's ONNX graph, generated from the spec: FRAME [B, 1, S, S] -> PIXELS [B, channels, S, S].
+
+With LCN, channels = 2 (the plain frame, its LCN); a spec with `lcn = false` (Olczak et al. 2017) gets
+PIXELS [B, 1, S, S] = FRAME: one Identity node, so the repository keeps its shape (every target's
+`normalize` is the same step) at no cost on the GPU.
 
 On the GPU targets the per-pixel S x S work (LCN's Gaussian local moments) runs on the GPU, in this
 graph (TensorRT in FP32, or ONNX Runtime); on the CPU target the `normalize` model runs
@@ -58,7 +62,9 @@ def reflect_indices(size: int, radius: int) -> NDArray[np.int64]:
 
 
 def normalize_graph(spec: PreprocessSpec) -> onnx.ModelProto:
-    """The ONNX model of `normalize` for this spec's S and LCN parameters."""
+    """The ONNX model of `normalize` for this spec's S and LCN parameters (an Identity when lcn = false)."""
+    if not spec.lcn:
+        return _finish(spec, [helper.make_node("Identity", [c.FRAME], [c.PIXELS])], [], "lcn=false (plain frame)")
     size, taps = spec.size, gaussian_taps(spec.lcn_sigma)
     radius = (len(taps) - 1) // 2
     pad = reflect_indices(size, radius)
@@ -96,19 +102,25 @@ def normalize_graph(spec: PreprocessSpec) -> onnx.ModelProto:
         node("Clip", ["scaled", "minus_one", "one"], ["lcn"]),
         node("Concat", [c.FRAME, "lcn"], [c.PIXELS], axis=1),
     ]
+    initializers = [numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()]
+    parameters = f"lcn_sigma={spec.lcn_sigma} lcn_floor={spec.lcn_floor} lcn_clip={spec.lcn_clip}"
+    return _finish(spec, nodes, initializers, parameters)
+
+
+def _finish(spec: PreprocessSpec, nodes: list[Any], initializers: list[Any], parameters: str) -> onnx.ModelProto:
+    """The model around `nodes`: FRAME [batch, 1, S, S] in, PIXELS [batch, channels, S, S] out, checked."""
+    (frame,), (pixels,) = c.normalize_inputs(spec.size), c.normalize_outputs(spec.size, spec.channels)
     graph = helper.make_graph(
         nodes,
         c.NORMALIZE_MODEL,
-        [helper.make_tensor_value_info(c.FRAME, TensorProto.FLOAT, ["batch", 1, size, size])],
-        [helper.make_tensor_value_info(c.PIXELS, TensorProto.FLOAT, ["batch", 2, size, size])],
-        initializer=[numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()],
+        [helper.make_tensor_value_info(frame.name, TensorProto.FLOAT, ["batch", *frame.dims])],
+        [helper.make_tensor_value_info(pixels.name, TensorProto.FLOAT, ["batch", *pixels.dims])],
+        initializer=initializers,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fracscan", ir_version=IR_VERSION
     )
-    model.doc_string = (
-        f"fracscan normalize: S={size} lcn_sigma={spec.lcn_sigma} lcn_floor={spec.lcn_floor} lcn_clip={spec.lcn_clip}"
-    )
+    model.doc_string = f"fracscan normalize: S={spec.size} {parameters}"
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -10,9 +10,9 @@
    (the batch, covered by the engine's optimization profile) and nothing else, because the
    Triton config lists fixed `dims` and the engine profile only varies the batch;
 5. every operator against `TENSORRT_OPS`: the ONNX operators TensorRT's parser imports, as
-   listed by the ONNX-TensorRT operator support matrix, restricted to the ones a DRN member uses
-   plus common ones. Anything else (or a custom domain) is flagged: verify it with `trtexec`
-   inside the serving container, then pass it in `allowed_ops`.
+   listed by the ONNX-TensorRT operator support matrix, restricted to the ones a member uses
+   (`member_ops`: DRN, VGG-16, classification heads) plus common ones. Anything else (or a custom
+   domain) is flagged: verify it with `trtexec` inside the serving container, then pass it in `allowed_ops`.
 
 Optionally (`fold_constants=True`) the graph is first constant-folded with ONNX Runtime's basic
 graph optimizer (standard ONNX ops only) and the check runs on the folded copy; the report says
@@ -135,6 +135,32 @@ TENSORRT_OPS: frozenset[str] = DRN_MEMBER_OPS | frozenset(
         "DequantizeLinear",
     }
 )
+# A vgg16 member (fracscan.export.vgg): Slice picks its channel, Mul + Add broadcast the gray channel to
+# ImageNet-normalised RGB (Expand / Concat if an exporter replicates explicitly), then convs, max pools,
+# the exact 7 x 7 AveragePool, Flatten and the Gemm classifier.
+VGG_MEMBER_OPS: frozenset[str] = frozenset(
+    {
+        "Slice",
+        "Mul",
+        "Add",
+        "Sub",
+        "Expand",
+        "Concat",
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "AveragePool",
+        "Flatten",
+        "Reshape",
+        "Gemm",
+        "MatMul",
+        "Sigmoid",
+        "Constant",
+        "Identity",
+    }
+)
+HEAD_OPS: frozenset[str] = frozenset({"Softmax"})  # a classification head's probabilities
+assert VGG_MEMBER_OPS | HEAD_OPS <= TENSORRT_OPS, "a member op TensorRT's list lacks"
 
 # Known to be rejected by the parser: named in the report so the fix is obvious.
 TENSORRT_UNSUPPORTED_OPS: frozenset[str] = frozenset(
@@ -169,6 +195,13 @@ TENSORRT_UNSUPPORTED_OPS: frozenset[str] = frozenset(
         "Unique",
     }
 )
+
+
+def member_ops(arch: str, heads: bool = False) -> frozenset[str]:
+    """The ops an exported member of `arch` may contain (`heads`: it has classification heads)."""
+    ops = VGG_MEMBER_OPS if arch == "vgg16" else DRN_MEMBER_OPS
+    return (ops | HEAD_OPS) if heads else ops
+
 
 MIN_OPSET = 9  # the oldest opset TensorRT's ONNX parser imports
 MAX_CHECKED_OPSET = 20  # newer opsets may parse, but fracscan has not checked them
@@ -392,9 +425,9 @@ def _check(
             )
 
 
-def check_members(paths: list[Path], size: int | None = None) -> list[OnnxCheckReport]:
-    """Check each member file; raise one OnnxCheckError naming every failing member."""
-    expected = {"image": [2, size, size]} if size else None
+def check_members(paths: list[Path], size: int | None = None, channels: int = 2) -> list[OnnxCheckReport]:
+    """Check each member file (input [channels, size, size]); raise one OnnxCheckError naming every failing member."""
+    expected = {"image": [channels, size, size]} if size else None
     reports = [check_onnx_for_tensorrt(p, expected_inputs=expected) for p in paths]
     bad = [r for r in reports if not r.ok]
     if bad:

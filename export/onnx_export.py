@@ -1,8 +1,9 @@
-"""Export a member to ONNX (input `image` [batch, 2, S, S]; outputs `score`, `map`) and check parity.
+"""Export a member to ONNX and check parity: input `image` [batch, pixel_channels, S, S]; outputs `score`,
+`map` (map members), `head_<name>` [batch, K] (each classification head).
 
 The graph is meant for TensorRT as well as ONNX Runtime: opset 17, only the batch dimension is
 dynamic (named `batch`), every channel/spatial dim is static, and only plain ops are allowed
-(`TRT_FRIENDLY_OPS`). We use the TorchScript exporter (`dynamo=False`): in torch 2.13 it is
+(`fracscan.export.onnx_check.member_ops`: the DRN or the VGG-16 set, with Softmax for heads). We use the TorchScript exporter (`dynamo=False`): in torch 2.13 it is
 deprecated but still present, is fast, and writes opset 17 directly, while the dynamo exporter
 starts at opset 18 and its down-conversion to 17 is not reliable.
 """
@@ -16,15 +17,16 @@ import numpy as np
 import onnx
 import torch
 
+from fracscan import contract
 from fracscan.demo.inputs import synthetic_radiographs
 from fracscan.onnxrt import ort_session
-from fracscan.spec import MAP_STRIDE, MemberSpec
+from fracscan.spec import MAP_STRIDE, VGG_STRIDE, MemberSpec
 
-from .members import SPP_GRIDS, FractureMember
-from .onnx_check import DRN_MEMBER_OPS
+from .members import SPP_GRIDS, Member
+from .onnx_check import DRN_MEMBER_OPS, member_ops
 
-# What a fracscan DRN member may contain: one home, beside the full TensorRT list (BatchNormalization
-# is folded into Conv in eval-mode export; it is listed in case it is not).
+# What a fracscan DRN member without heads may contain: one home (onnx_check), beside the full TensorRT
+# list (BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not).
 TRT_FRIENDLY_OPS = DRN_MEMBER_OPS
 
 
@@ -39,6 +41,12 @@ class ExportError(RuntimeError):
 def _check_size(spec: MemberSpec, size: int) -> None:
     if size % MAP_STRIDE or size < 32:
         raise ValueError(f"member {spec.name!r}: size must be a multiple of {MAP_STRIDE} and >= 32, got {size}")
+    if spec.arch == "vgg16":
+        from .vgg import pooling_to_7
+
+        if size % VGG_STRIDE:
+            raise ValueError(f"member {spec.name!r}: a vgg16 member needs size 224 x k or 256, got {size}")
+        pooling_to_7(size // VGG_STRIDE)  # raises, naming the sizes that pool exactly
     grid = max(SPP_GRIDS)
     if spec.head == "spp" and (size // MAP_STRIDE) % grid:
         # adaptive max pooling becomes a plain MaxPool only when the bins tile the map exactly
@@ -49,10 +57,10 @@ def _check_size(spec: MemberSpec, size: int) -> None:
 
 def expected_outputs(spec: MemberSpec, size: int) -> dict[str, list]:
     """Output name -> shape (with 'batch' for the dynamic dim)."""
-    out = {"score": ["batch", 1]}
+    out: dict[str, list] = {contract.MEMBER_SCORE: ["batch", 1]}
     if spec.map:
-        out["map"] = ["batch", 1, size // MAP_STRIDE, size // MAP_STRIDE]
-    return out
+        out[contract.MEMBER_MAP] = ["batch", 1, size // MAP_STRIDE, size // MAP_STRIDE]
+    return out | {contract.member_head(h.name): ["batch", len(h.classes)] for h in spec.heads}
 
 
 def _dims(value_info) -> list:
@@ -65,21 +73,23 @@ def validate_onnx(model: onnx.ModelProto, spec: MemberSpec, size: int, opset: in
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     where = f"member {spec.name!r}"
     ops = {n.op_type for n in inferred.graph.node}
-    if ops - TRT_FRIENDLY_OPS:
-        raise ExportError(f"{where}: ops outside the TensorRT-friendly set: {sorted(ops - TRT_FRIENDLY_OPS)}")
+    allowed = member_ops(spec.arch, heads=bool(spec.heads))
+    if ops - allowed:
+        raise ExportError(f"{where}: ops outside the TensorRT-friendly set: {sorted(ops - allowed)}")
     version = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), None)
     if version != opset:
         raise ExportError(f"{where}: opset {version}, expected {opset}")
     inputs = {i.name: _dims(i) for i in inferred.graph.input}
-    if inputs != {"image": ["batch", 2, size, size]}:
-        raise ExportError(f"{where}: inputs {inputs}, expected image [batch, 2, {size}, {size}]")
+    channels = spec.pixel_channels
+    if inputs != {contract.MEMBER_INPUT: ["batch", channels, size, size]}:
+        raise ExportError(f"{where}: inputs {inputs}, expected image [batch, {channels}, {size}, {size}]")
     outputs = {o.name: _dims(o) for o in inferred.graph.output}
     if outputs != expected_outputs(spec, size):
         raise ExportError(f"{where}: outputs {outputs}, expected {expected_outputs(spec, size)}")
     return inferred
 
 
-def export_member(model: FractureMember, spec_member: MemberSpec, size: int, path: str | Path, opset: int = 17) -> Path:
+def export_member(model: Member, spec_member: MemberSpec, size: int, path: str | Path, opset: int = 17) -> Path:
     """Write `model` (exported in eval mode) to `path` as ONNX and validate it; returns the path."""
     if model.spec != spec_member:
         raise ValueError(f"model was built for member {model.spec.name!r}, not {spec_member.name!r}")
@@ -87,22 +97,24 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(model.output_names)
-    dummy = torch.zeros(2, 2, size, size)  # batch 2 so nothing specialises on a batch of 1
+    dummy = torch.zeros(2, spec_member.pixel_channels, size, size)  # batch 2 so nothing specialises on a batch of 1
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy exporter"
+            # the static sizes (VGG-16's 7 x 7 pooling) become constants, as they should: only the batch varies
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 model,
                 (dummy,),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
-                input_names=["image"],
+                input_names=[contract.MEMBER_INPUT],
                 output_names=names,
                 do_constant_folding=True,
-                dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
+                dynamic_axes={n: {0: "batch"} for n in [contract.MEMBER_INPUT, *names]},
             )
     finally:
         model.train(was_training)
@@ -119,6 +131,11 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
         "width": spec_member.width,
         "size": size,
     }
+    # only where they differ from the Jones members', so those export byte for byte as before
+    if spec_member.pixel_channels != 2:
+        meta["pixel_channels"] = spec_member.pixel_channels
+    if spec_member.heads:
+        meta["heads"] = ",".join(f"{h.name}:{len(h.classes)}" for h in spec_member.heads)
     for key, value in meta.items():
         onnx_model.metadata_props.add(
             key=f"fracscan.{key}", value=str(value).lower() if isinstance(value, bool) else str(value)
@@ -127,19 +144,20 @@ def export_member(model: FractureMember, spec_member: MemberSpec, size: int, pat
     return path
 
 
-def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs=None, atol: float = 1e-4) -> float:
-    """Max |ONNX Runtime - PyTorch| over all outputs; raises ParityError above `atol`.
+def check_parity(model: Member, onnx_path: str | Path, size: int, inputs=None, atol: float = 1e-4) -> float:
+    """Max |ONNX Runtime - PyTorch| over all outputs (heads' probabilities included); ParityError above `atol`.
 
     Default inputs: uniform noise and `synthetic_radiographs` (demo radiographs through the core
-    pre-processing), each at batch 1 and 3.
+    pre-processing), each at batch 1 and 3, with the member's `pixel_channels`.
     """
     if inputs is None:
+        channels = model.spec.pixel_channels
         rng = np.random.default_rng(1)
         inputs = [
-            rng.uniform(-1, 1, (1, 2, size, size)).astype(np.float32),
-            rng.uniform(-1, 1, (3, 2, size, size)).astype(np.float32),
-            synthetic_radiographs(1, size, seed=2),
-            synthetic_radiographs(3, size, seed=3),
+            rng.uniform(-1, 1, (1, channels, size, size)).astype(np.float32),
+            rng.uniform(-1, 1, (3, channels, size, size)).astype(np.float32),
+            synthetic_radiographs(1, size, seed=2, channels=channels),
+            synthetic_radiographs(3, size, seed=3, channels=channels),
         ]
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
@@ -151,7 +169,7 @@ def check_parity(model: FractureMember, onnx_path: str | Path, size: int, inputs
     try:
         for x in inputs:
             x = np.ascontiguousarray(x, dtype=np.float32)
-            got = session.run(names, {"image": x})
+            got = session.run(names, {contract.MEMBER_INPUT: x})
             with torch.no_grad():
                 ref = model(torch.from_numpy(x))
             for name, g in zip(names, got, strict=True):

@@ -8,7 +8,7 @@ ensemble are identical everywhere.
     repository/
       fracscan.toml         the spec (the python models read it)
       thresholds.json       per-region operating points (the threshold model reads it)
-      fracscan/             platform "ensemble"
+      fracscan/             platform "ensemble" (with heads: <head>_labels.txt beside its config, see below)
       fracscan_study/       python backend (BLS): all views of one study -> the study answer
       preprocess/ average/ threshold/      python backend, one-line model.py adapters
       normalize/                           FRAME -> PIXELS (LCN): cpu: python (numpy); onnxruntime /
@@ -99,14 +99,36 @@ def _cpu_instances(count: int) -> list[mc.ModelInstanceGroup]:
 
 def member_io(spec: EnsembleSpec, index: int) -> tuple[tuple[c.Tensor, ...], tuple[c.Tensor, ...]]:
     pre = spec.preprocess
-    return c.member_inputs(pre.size), c.member_outputs(pre.map_size, spec.members[index].map)
+    return (
+        c.member_inputs(pre.size, pre.channels),
+        c.member_outputs(pre.map_size, spec.members[index].map, spec.head_dims),
+    )
+
+
+def head_labels(spec: EnsembleSpec) -> dict[str, str]:
+    """Each head's probabilities output -> its label file (`contract.labels_file`, one class a line: label_filename)."""
+    return {c.head_outputs(h.name)[1]: c.labels_file(h.name) for h in spec.heads}
+
+
+def _label_outputs(cfg: mc.ModelConfig, spec: EnsembleSpec) -> mc.ModelConfig:
+    labels = head_labels(spec)
+    for output in cfg.output:
+        if output.name in labels:
+            output.label_filename = labels[output.name]
+    return cfg
+
+
+def write_labels(spec: EnsembleSpec, model_dir: Path) -> None:
+    """Each head's classes, one a line, in the spec's order: the label files the config names."""
+    for head in spec.heads:
+        (model_dir / c.labels_file(head.name)).write_text("".join(f"{label}\n" for label in head.classes))
 
 
 def preprocess_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
     return _config(
         c.PREPROCESS_MODEL,
         c.ENSEMBLE_INPUTS,
-        c.preprocess_outputs(spec.preprocess.size),
+        c.preprocess_outputs(spec.preprocess.size, spec.head_dims),
         opt.max_batch_size,
         backend="python",
         instance_group=_cpu_instances(opt.preprocess_instances),
@@ -135,7 +157,7 @@ def normalize_config(spec: EnsembleSpec, target: Target, opt: RepositoryOptions)
     return _config(
         c.NORMALIZE_MODEL,
         c.normalize_inputs(size),
-        c.normalize_outputs(size),
+        c.normalize_outputs(size, spec.preprocess.channels),
         opt.max_batch_size,
         dynamic_batching=mc.ModelDynamicBatching(),
         **extra,
@@ -146,8 +168,8 @@ def average_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig
     h, m = spec.preprocess.map_size, len(spec.members)
     return _config(
         c.AVERAGE_MODEL,
-        c.average_inputs(m, spec.map_members, h),
-        c.average_outputs(m, h, bool(spec.map_members)),
+        c.average_inputs(m, spec.map_members, h, spec.head_dims),
+        c.average_outputs(m, h, bool(spec.map_members), spec.head_dims),
         opt.max_batch_size,
         backend="python",
         instance_group=_cpu_instances(1),
@@ -155,14 +177,16 @@ def average_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig
 
 
 def threshold_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
-    return _config(
+    heads = spec.head_dims
+    cfg = _config(
         c.THRESHOLD_MODEL,
-        c.threshold_inputs(len(spec.members), spec.preprocess.map_size, bool(spec.map_members)),
-        c.ensemble_outputs(len(spec.members)),
+        c.threshold_inputs(len(spec.members), spec.preprocess.map_size, bool(spec.map_members), heads),
+        c.ensemble_outputs(len(spec.members), heads),
         opt.max_batch_size,
         backend="python",
         instance_group=_cpu_instances(1),
     )
+    return _label_outputs(cfg, spec)
 
 
 def study_config(opt: RepositoryOptions) -> mc.ModelConfig:
@@ -207,39 +231,50 @@ def _same(names: Any) -> dict[str, str]:
     return {n: n for n in names}
 
 
-def _onward(names: Any) -> dict[str, str]:
+def _onward(names: Any, heads: c.Heads = ()) -> dict[str, str]:
     """An early step's output map: answers the last step passes on travel under their passed-through names."""
-    return {n: c.passed_through(n) if n in c.PASSED_ON else n for n in names}
+    passed = c.passed_on(heads)
+    return {n: c.passed_through(n) if n in passed else n for n in names}
 
 
 def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenance | None = None) -> mc.ModelConfig:
-    """preprocess -> normalize -> member_00..NN (fan-out) -> average -> threshold, one request in, one answer out."""
-    members = len(spec.members)
+    """preprocess -> normalize -> member_00..NN (fan-out) -> average -> threshold, one request in, one answer out.
+
+    An ensemble with heads names their classes twice: the `heads` parameter (JSON {head: [classes]}) and,
+    per Triton's label_filename convention, each probabilities output's label file beside this config
+    (the same file beside `threshold`'s config, whose outputs these are).
+    """
+    members, heads = len(spec.members), spec.head_dims
     cfg = _config(
-        c.ENSEMBLE_MODEL, c.ENSEMBLE_INPUTS, c.ensemble_outputs(members), opt.max_batch_size, platform="ensemble"
+        c.ENSEMBLE_MODEL, c.ENSEMBLE_INPUTS, c.ensemble_outputs(members, heads), opt.max_batch_size, platform="ensemble"
     )
+    _label_outputs(cfg, spec)
     # Clients read these to tell users which ensemble answered (the demo notice, random weights, calibration).
     cfg.parameters[c.PARAM_SPEC].string_value = spec.name
     cfg.parameters[c.PARAM_DESCRIPTION].string_value = spec.description
     if record is not None:
         cfg.parameters[c.PARAM_PROVENANCE].string_value = _served(record)
+    if spec.heads:
+        cfg.parameters[c.PARAM_HEADS].string_value = json.dumps({h.name: list(h.classes) for h in spec.heads})
+    size, channels = spec.preprocess.size, spec.preprocess.channels
     steps = cfg.ensemble_scheduling.step
     steps.add(
         model_name=c.PREPROCESS_MODEL,
         model_version=-1,
         input_map=_same(t.name for t in c.ENSEMBLE_INPUTS),
-        output_map=_onward(t.name for t in c.preprocess_outputs(spec.preprocess.size)),
+        output_map=_onward((t.name for t in c.preprocess_outputs(size, heads)), heads),
     )
     steps.add(
         model_name=c.NORMALIZE_MODEL,
         model_version=-1,
-        input_map=_same(t.name for t in c.normalize_inputs(spec.preprocess.size)),
-        output_map=_same(t.name for t in c.normalize_outputs(spec.preprocess.size)),
+        input_map=_same(t.name for t in c.normalize_inputs(size)),
+        output_map=_same(t.name for t in c.normalize_outputs(size, channels)),
     )
     for i, member in enumerate(spec.members):
         outputs = {c.MEMBER_SCORE: c.member_score(i)}
         if member.map:
             outputs[c.MEMBER_MAP] = c.member_map(i)
+        outputs.update({c.member_head(h): c.member_head_probs(i, h) for h, _ in heads})
         steps.add(
             model_name=c.member_model(i), model_version=-1, input_map={c.MEMBER_INPUT: c.PIXELS}, output_map=outputs
         )
@@ -248,14 +283,14 @@ def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenan
     steps.add(
         model_name=c.AVERAGE_MODEL,
         model_version=-1,
-        input_map=_same(t.name for t in c.average_inputs(members, spec.map_members, h)),
-        output_map=_onward(t.name for t in c.average_outputs(members, h, has_map)),
+        input_map=_same(t.name for t in c.average_inputs(members, spec.map_members, h, heads)),
+        output_map=_onward((t.name for t in c.average_outputs(members, h, has_map, heads)), heads),
     )
     steps.add(
         model_name=c.THRESHOLD_MODEL,
         model_version=-1,
-        input_map=_same(t.name for t in c.threshold_inputs(members, h, has_map)),
-        output_map=_same(t.name for t in c.ensemble_outputs(members)),
+        input_map=_same(t.name for t in c.threshold_inputs(members, h, has_map, heads)),
+        output_map=_same(t.name for t in c.ensemble_outputs(members, heads)),
     )
     return cfg
 
@@ -279,6 +314,7 @@ def _write_ensemble(output: Path, spec: EnsembleSpec, options: RepositoryOptions
     version = output / c.ENSEMBLE_MODEL / c.MODEL_VERSION
     version.mkdir(parents=True, exist_ok=True)
     (output / c.ENSEMBLE_MODEL / c.CONFIG_FILE).write_text(config_text(ensemble_config(spec, options, record)))
+    write_labels(spec, output / c.ENSEMBLE_MODEL)
     (version / ".gitkeep").touch()  # an ensemble's version folder is empty, and git keeps no empty folders
     return version
 
@@ -314,7 +350,7 @@ def write_repository(
 
         write_normalize_onnx(spec.preprocess, normalize_version / c.ONNX_FILE)
     write(average_config(spec, options), "AverageModel")
-    write(threshold_config(spec, options), "ThresholdModel")
+    write_labels(spec, write(threshold_config(spec, options), "ThresholdModel").parent)
     write(study_config(options), "StudyModel")
     hashes = []
     for i, onnx_path in enumerate(member_onnx):

@@ -34,7 +34,7 @@ TEMP_PREFIX = ".fracscan-tmp-"
 SIDECAR = "export.json"
 OPSET = 17
 # The code that turns a checkpoint into ONNX: a change to it changes every key.
-EXPORTER_SOURCES = ("members.py", "checkpoints.py", "onnx_export.py")
+EXPORTER_SOURCES = ("members.py", "vgg.py", "checkpoints.py", "onnx_export.py")
 
 
 def _version(package: str) -> str:
@@ -52,7 +52,8 @@ def exporter_versions() -> dict[str, str]:
 
 
 def member_inputs(spec: EnsembleSpec, index: int, source: dict[str, Any], target: str) -> dict[str, Any]:
-    """Everything member `index`'s ONNX depends on; `source` names its weights (e.g. a checkpoint's hash)."""
+    """Everything member `index`'s ONNX depends on (its heads and input channels included, from the spec entry);
+    `source` names its weights (e.g. a checkpoint's hash)."""
     member = replace(spec.members[index], checkpoint=None, onnx=None)  # paths may move; the content counts
     return {
         "member": asdict(member),

@@ -14,6 +14,15 @@ spelled anywhere else.
       threshold           SCORE GEOMETRY REGION_USED [MAP] -> FRACTURE THRESHOLD FALLBACK BOXES LEVEL
                                                               DEFINITE_THRESHOLD
 
+An ensemble whose spec declares classification heads (Olczak et al. 2017) adds, per head `<head>` with
+K classes: member output `head_<head>` [K] (softmax; ensemble name `<HEAD>_PROBS_NN`), averaged into
+`<HEAD>_PROBS`; `preprocess` adds DICOM_LABELS [2] (what DICOM states: "ImageLaterality=L",
+"BodyPartExamined=WRIST", "" when absent) for `threshold`, which answers `<HEAD>`, `<HEAD>_PROBS` and
+QC (BYTES [1], "" or the quality-control warnings joined by "; ") and may take REGION_USED from the
+body-part head (REGION_SOURCE "model"). Class names: the `fracscan` config's `heads` parameter (JSON)
+and, per Triton's `label_filename` convention, `<head>_labels.txt` beside it. An ensemble without
+heads has none of these: the Jones et al. contract is unchanged.
+
 Naming rules for outputs that later models add, so nobody invents names: a classification head
 `<head>` adds `<HEAD>` (BYTES [1], top class) and `<HEAD>_PROBS` (FP32 [K]); the two-level answer is
 `LEVEL` (BYTES [1]) and `DEFINITE_THRESHOLD` (FP32 [1]); the study model `fracscan_study` prefixes its
@@ -52,10 +61,12 @@ MODEL_VERSION = "1"
 PARAM_SPEC = "ensemble_spec"
 PARAM_DESCRIPTION = "description"
 PARAM_PROVENANCE = "provenance"
+PARAM_HEADS = "heads"  # JSON {head: [class, ...]} in the spec's order (ensembles with heads only)
+LABELS_SUFFIX = "_labels.txt"  # <head>_labels.txt: one class per line (Triton's label_filename convention)
 
 UNKNOWN_REGION = "unknown"  # the region of a radiograph with no (supported) region: fallback threshold
-RegionSource = Literal["user", "dicom", "unknown"]
-REGION_SOURCES: tuple[str, ...] = ("user", "dicom", "unknown")
+RegionSource = Literal["user", "dicom", "model", "unknown"]
+REGION_SOURCES: tuple[str, ...] = ("user", "dicom", "model", "unknown")  # model: a body-part head's class
 Level = Literal["negative", "suspicious", "definite"]
 LEVELS: tuple[str, ...] = ("negative", "suspicious", "definite")
 NO_DEFINITE_THRESHOLD = -1.0  # DEFINITE_THRESHOLD when the region has none (a NaN would break strict JSON)
@@ -85,6 +96,10 @@ FALLBACK = "FALLBACK"
 BOXES = "BOXES"
 LEVEL = "LEVEL"
 DEFINITE_THRESHOLD = "DEFINITE_THRESHOLD"
+QC = "QC"  # ensembles with heads: "" or the quality-control warnings, "; "-joined
+QC_SEPARATOR = "; "  # joins several QC warnings in the QC tensor (and in the CLI's CSV cell and warning line)
+DICOM_LABELS = "DICOM_LABELS"  # preprocess -> threshold: (laterality, body part) as "Keyword=VALUE" or ""
+DICOM_LABEL_COUNT = 2
 
 # The study model's answer (fracscan_study): one study, N views.
 STUDY_SCORE = "STUDY_SCORE"
@@ -107,6 +122,7 @@ VIEW_BOXES = "VIEW_BOXES"
 MEMBER_INPUT = "image"
 MEMBER_SCORE = "score"
 MEMBER_MAP = "map"
+MEMBER_HEAD_PREFIX = "head_"  # + head name: a member's softmax probabilities [K]
 
 STUDY_PREFIX = "STUDY_"
 VIEW_PREFIX = "VIEW_"
@@ -140,6 +156,23 @@ def head_outputs(head: str) -> tuple[str, str]:
     return head.upper(), f"{head.upper()}{PROBS_SUFFIX}"
 
 
+def member_head(head: str) -> str:
+    """A member's own (ONNX) output name for a head's probabilities."""
+    return f"{MEMBER_HEAD_PREFIX}{head}"
+
+
+def member_head_probs(index: int, head: str) -> str:
+    """Member `index`'s head probabilities as the ensemble names them between steps."""
+    return f"{head_outputs(head)[1]}_{index:02d}"
+
+
+def labels_file(head: str) -> str:
+    return f"{head}{LABELS_SUFFIX}"
+
+
+Heads = tuple[tuple[str, int], ...]  # (head name, number of classes), in the spec's order
+
+
 # --- the tensors of each model, given the spec's sizes ---
 
 ENSEMBLE_INPUTS: tuple[Tensor, ...] = (
@@ -148,40 +181,49 @@ ENSEMBLE_INPUTS: tuple[Tensor, ...] = (
 )
 
 
-def preprocess_outputs(size: int) -> tuple[Tensor, ...]:
-    return (
+def preprocess_outputs(size: int, heads: Heads = ()) -> tuple[Tensor, ...]:
+    out = (
         Tensor(FRAME, "FP32", (1, size, size)),
         Tensor(GEOMETRY, "FP32", (GEOMETRY_LENGTH,)),
         Tensor(REGION_USED, "BYTES", (1,)),
         Tensor(REGION_SOURCE, "BYTES", (1,)),
     )
+    return out + ((Tensor(DICOM_LABELS, "BYTES", (DICOM_LABEL_COUNT,)),) if heads else ())
 
 
 def normalize_inputs(size: int) -> tuple[Tensor, ...]:
     return (Tensor(FRAME, "FP32", (1, size, size)),)
 
 
-def normalize_outputs(size: int) -> tuple[Tensor, ...]:
-    return (Tensor(PIXELS, "FP32", (2, size, size)),)
+def normalize_outputs(size: int, channels: int = 2) -> tuple[Tensor, ...]:
+    return (Tensor(PIXELS, "FP32", (channels, size, size)),)
 
 
-def member_inputs(size: int) -> tuple[Tensor, ...]:
-    return (Tensor(MEMBER_INPUT, "FP32", (2, size, size)),)
+def member_inputs(size: int, channels: int = 2) -> tuple[Tensor, ...]:
+    return (Tensor(MEMBER_INPUT, "FP32", (channels, size, size)),)
 
 
-def member_outputs(map_size: int, has_map: bool) -> tuple[Tensor, ...]:
-    score = Tensor(MEMBER_SCORE, "FP32", (1,))
-    return (score, Tensor(MEMBER_MAP, "FP32", (1, map_size, map_size))) if has_map else (score,)
+def member_outputs(map_size: int, has_map: bool, heads: Heads = ()) -> tuple[Tensor, ...]:
+    out: tuple[Tensor, ...] = (Tensor(MEMBER_SCORE, "FP32", (1,)),)
+    out += (Tensor(MEMBER_MAP, "FP32", (1, map_size, map_size)),) if has_map else ()
+    return out + tuple(Tensor(member_head(h), "FP32", (k,)) for h, k in heads)
 
 
-def average_inputs(members: int, map_members: tuple[int, ...], map_size: int) -> tuple[Tensor, ...]:
+def average_inputs(members: int, map_members: tuple[int, ...], map_size: int, heads: Heads = ()) -> tuple[Tensor, ...]:
     scores = tuple(Tensor(member_score(i), "FP32", (1,)) for i in range(members))
-    return scores + tuple(Tensor(member_map(i), "FP32", (1, map_size, map_size)) for i in map_members)
+    maps = tuple(Tensor(member_map(i), "FP32", (1, map_size, map_size)) for i in map_members)
+    return (
+        scores + maps + tuple(Tensor(member_head_probs(i, h), "FP32", (k,)) for h, k in heads for i in range(members))
+    )
 
 
-def average_outputs(members: int, map_size: int, has_map: bool) -> tuple[Tensor, ...]:
+def head_probs_outputs(heads: Heads) -> tuple[Tensor, ...]:
+    return tuple(Tensor(head_outputs(h)[1], "FP32", (k,)) for h, k in heads)
+
+
+def average_outputs(members: int, map_size: int, has_map: bool, heads: Heads = ()) -> tuple[Tensor, ...]:
     out = (Tensor(SCORE, "FP32", (1,)), Tensor(MEMBER_SCORES, "FP32", (members,)))
-    return out + ((Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ())
+    return out + ((Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ()) + head_probs_outputs(heads)
 
 
 def passed_through(name: str) -> str:
@@ -197,19 +239,43 @@ def passed_through(name: str) -> str:
 PASSED_ON: tuple[str, ...] = (SCORE, MEMBER_SCORES, REGION_USED, REGION_SOURCE)  # threshold passes these on
 
 
-def threshold_inputs(members: int, map_size: int, has_map: bool) -> tuple[Tensor, ...]:
-    out = (
+def passed_on(heads: Heads = ()) -> tuple[str, ...]:
+    """What reaches `threshold` under passed-through names: PASSED_ON and each head's probabilities."""
+    return PASSED_ON + tuple(t.name for t in head_probs_outputs(heads))
+
+
+def threshold_inputs(members: int, map_size: int, has_map: bool, heads: Heads = ()) -> tuple[Tensor, ...]:
+    out: tuple[Tensor, ...] = (
         Tensor(passed_through(SCORE), "FP32", (1,)),
         Tensor(passed_through(MEMBER_SCORES), "FP32", (members,)),
         Tensor(GEOMETRY, "FP32", (GEOMETRY_LENGTH,)),
         Tensor(passed_through(REGION_USED), "BYTES", (1,)),
         Tensor(passed_through(REGION_SOURCE), "BYTES", (1,)),
     )
-    return out + ((Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ())
+    out += (Tensor(MAP, "FP32", (map_size, map_size)),) if has_map else ()
+    if not heads:
+        return out
+    probs = tuple(Tensor(passed_through(t.name), "FP32", t.dims) for t in head_probs_outputs(heads))
+    return out + probs + (Tensor(DICOM_LABELS, "BYTES", (DICOM_LABEL_COUNT,)),)
 
 
-def ensemble_outputs(members: int) -> tuple[Tensor, ...]:
+def head_answer_outputs(heads: Heads) -> tuple[Tensor, ...]:
+    """Each head's top class and probabilities, then QC (nothing for an ensemble without heads)."""
+    if not heads:
+        return ()
+    out: tuple[Tensor, ...] = ()
+    for h, k in heads:
+        top, probs = head_outputs(h)
+        out += (Tensor(top, "BYTES", (1,)), Tensor(probs, "FP32", (k,)))
+    return (*out, Tensor(QC, "BYTES", (1,)))
+
+
+def ensemble_outputs(members: int, heads: Heads = ()) -> tuple[Tensor, ...]:
     """What one request to `fracscan` answers: the `threshold` step's outputs, in the README's order."""
+    return _core_outputs(members) + head_answer_outputs(heads)
+
+
+def _core_outputs(members: int) -> tuple[Tensor, ...]:
     return (
         Tensor(SCORE, "FP32", (1,)),
         Tensor(FRACTURE, "BOOL", (1,)),
@@ -259,6 +325,6 @@ ENSEMBLE_OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in ensemble_outputs(
 
 RESERVED_NAMES: frozenset[str] = frozenset(
     {IMAGE, REGION, FRAME, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
-    | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD}
+    | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD, QC, DICOM_LABELS}
     | set(STUDY_OUTPUT_NAMES)
 )

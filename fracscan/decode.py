@@ -6,6 +6,8 @@ with a message that says what is wrong with the input (never patient identifiers
 pydicom element repr or traceback). Hostile input is refused before it costs memory: the pixel
 count each format declares is checked before decoding, and a deflated DICOM is
 inflated only up to what its declared image needs.
+The attributes read besides the pixels (region terms, UIDs, stated laterality / body part) and
+the safe wording of pydicom errors live in `fracscan.dicom_attributes`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import base64
 import binascii
 import io
 import os
-import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from fracscan.dicom_attributes import dicom_error_reason, instance_uids, region_terms, stated_labels
+
 __all__ = [
     "DecodeError",
     "DecodedImage",
@@ -42,16 +45,8 @@ __all__ = [
     "sniff_kind",
 ]
 
-# DICOM tags whose values may name the anatomical region, most specific first.
-REGION_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName")
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _FIRST_PIXEL_TAG = 0x7FE00008  # FloatPixelData; DoubleFloatPixelData and PixelData follow
-# Values that identify the patient or the study: scrubbed from any message that could quote them.
-IDENTIFYING_TAGS = (
-    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs", "OtherPatientNames",
-    "PatientAddress", "PatientTelephoneNumbers", "StudyID", "InstitutionName", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "AdmissionID",
-)  # fmt: skip
 # The elements before the pixel data of a deflated DICOM are inflated up to this size to read the
 # declared image; real headers are a few KiB (a large private block or icon image: a few hundred).
 DEFLATED_HEADER_LIMIT = 16 << 20
@@ -202,6 +197,7 @@ class DecodedImage:
     kind: str  # "dicom", "png", "jpeg", "tiff" or "npy"
     region_terms: tuple[str, ...] = ()  # DICOM values that may name the region
     uids: dict[str, str] = field(default_factory=dict)  # sop / series / study instance UIDs
+    stated: tuple[str, str] = ("", "")  # ("ImageLaterality=L", "BodyPartExamined=WRIST"); "" when absent
 
 
 def sniff_kind(data: bytes) -> str | None:
@@ -217,40 +213,6 @@ def sniff_kind(data: bytes) -> str | None:
     if data.startswith(b"\x93NUMPY"):
         return "npy"
     return None
-
-
-_TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
-
-
-def dicom_error_reason(exc: BaseException, ds: pydicom.Dataset | None = None) -> str:
-    """What a pydicom exception says, safe to show: its type, the attribute it concerns and at most
-    the first line of its text with quoted values removed and identifying values scrubbed.
-
-    pydicom's messages can quote whole elements (`(0008,0050) Accession Number US: 'ACC999'`) and
-    append a traceback, so the text is never passed on as it is.
-    """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if match := _TAG_IN_TEXT.search(text):
-        tag = int(match.group(1) + match.group(2), 16)
-        keyword = pydicom.datadict.keyword_for_tag(tag) or f"({match.group(1)},{match.group(2)})"
-        return f"{type(exc).__name__} in attribute {keyword}"
-    text = _QUOTED.sub("'…'", text)[:160]
-    text = scrub_identifiers(text, ds) if ds is not None else text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def scrub_identifiers(message: str, ds: pydicom.Dataset) -> str:
-    """Replace every identifying value of `ds` (patient, accession, study ID...) found in `message` by ***."""
-    for keyword in IDENTIFYING_TAGS:
-        try:
-            value = str(ds.get(keyword, "") or "").strip()
-        except Exception:  # a malformed value cannot be quoted by us either
-            continue
-        for part in sorted({value, *value.split("^")}, key=len, reverse=True):
-            if len(part.strip()) >= 2:
-                message = message.replace(part.strip(), "***")
-    return message
 
 
 def _int_attr(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
@@ -473,17 +435,12 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     ds = _read_dicom(data, header_only=False)
     try:
         arr = _dicom_pixels(ds)
-        terms = tuple(str(ds.get(t, "")).strip() for t in REGION_TAGS if str(ds.get(t, "")).strip())
-        uids = {
-            key: str(ds.get(tag))
-            for key, tag in (("sop", "SOPInstanceUID"), ("series", "SeriesInstanceUID"), ("study", "StudyInstanceUID"))
-            if ds.get(tag)
-        }
+        terms, uids, stated = region_terms(ds), instance_uids(ds), stated_labels(ds)
     except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # a malformed attribute (LUT, photometric, description...): 400, never 500
         raise DecodeError(f"DICOM attributes cannot be used: {dicom_error_reason(exc, ds)}") from None
-    return DecodedImage(arr, "dicom", terms, uids)
+    return DecodedImage(arr, "dicom", terms, uids, stated)
 
 
 def _decode_npy(data: bytes) -> DecodedImage:

@@ -11,15 +11,17 @@ and `member_XX/1/model.onnx` sit beside the Triton model folders.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from fracscan import contract
 from fracscan.decode import DecodeError, decode_image
+from fracscan.heads import HeadAnswer, average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
 from fracscan.postprocess import Decision, Thresholds, average_maps, average_scores, decide
 from fracscan.preprocess import EmptyImageError, Geometry, normalize_frame, preprocess_frame
@@ -30,12 +32,16 @@ class InputError(ValueError):
     """A request input cannot be scored; the message names the step and the cause."""
 
 
+NO_STATEMENT: tuple[str, str] = ("", "")  # what a PNG (or a DICOM without the tags) states: nothing
+
+
 @dataclass(frozen=True)
 class Prepared:
-    pixels: npt.NDArray[np.float32]  # [2, S, S]: plain, LCN
+    pixels: npt.NDArray[np.float32]  # [channels, S, S]: plain (+ LCN)
     geometry: Geometry
     region: str
     region_source: str  # "user", "dicom" or "unknown"
+    stated: tuple[str, str] = NO_STATEMENT  # contract.DICOM_LABELS: DICOM's laterality and body part
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class PreparedFrame:
     geometry: Geometry
     region: str
     region_source: str
+    stated: tuple[str, str] = NO_STATEMENT
 
 
 def prepare_frame(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> PreparedFrame:
@@ -54,19 +61,22 @@ def prepare_frame(data: bytes, requested_region: str | None, spec: EnsembleSpec)
     except (DecodeError, EmptyImageError) as exc:
         raise InputError(f"preprocess: {exc}") from None
     region, source = spec.resolve_region(requested_region, decoded.region_terms)
-    return PreparedFrame(plain[None], geometry, region, source)
+    return PreparedFrame(plain[None], geometry, region, source, decoded.stated)
 
 
 def normalize(frames: npt.NDArray[np.float32], spec: EnsembleSpec) -> npt.NDArray[np.float32]:
-    """Step 1b (the `normalize` model on the CPU target): frames [B, 1, S, S] -> pixels [B, 2, S, S]."""
+    """Step 1b (the `normalize` model on the CPU target): frames [B, 1, S, S] -> pixels [B, channels, S, S].
+
+    channels is 2 (plain, LCN) or, with `lcn = false`, 1: the plain frame as it came.
+    """
     return np.stack([normalize_frame(frame[0], spec.preprocess) for frame in frames])
 
 
 def prepare(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> Prepared:
-    """Step 1, the reference: both halves -> pixels [2, S, S] (plain, LCN) and the geometry."""
+    """Step 1, the reference: both halves -> pixels [channels, S, S] and the geometry."""
     prepared = prepare_frame(data, requested_region, spec)
     pixels = normalize(prepared.frame[None], spec)[0]
-    return Prepared(pixels, prepared.geometry, prepared.region, prepared.region_source)
+    return Prepared(pixels, prepared.geometry, prepared.region, prepared.region_source, prepared.stated)
 
 
 def combine(
@@ -76,14 +86,30 @@ def combine(
     return average_scores(np.asarray(member_scores)), average_maps(member_maps)
 
 
-def run_member(
-    session: Any, pixels: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
-    """Step 2 for one member: [B, 2, S, S] -> scores [B], maps [B, S/8, S/8] or None."""
+class MemberOutputs(NamedTuple):
+    scores: npt.NDArray[np.float32]  # [B]
+    maps: npt.NDArray[np.float32] | None  # [B, S/8, S/8]
+    heads: dict[str, npt.NDArray[np.float32]]  # head -> softmax probabilities [B, K]
+
+
+def run_member_with_heads(session: Any, pixels: npt.NDArray[np.float32], heads: Sequence[str] = ()) -> MemberOutputs:
+    """Step 2 for one member: [B, channels, S, S] -> scores, maps and the named heads' probabilities."""
     outputs = session.run(None, {contract.MEMBER_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})
     names = [o.name for o in session.get_outputs()]
     scores = outputs[names.index(contract.MEMBER_SCORE)].reshape(-1)
     maps = outputs[names.index(contract.MEMBER_MAP)][:, 0] if contract.MEMBER_MAP in names else None
+    missing = [h for h in heads if contract.member_head(h) not in names]
+    if missing:
+        raise ValueError(f"the member has no output for head(s) {missing} (its outputs: {names})")
+    probs = {h: outputs[names.index(contract.member_head(h))].reshape(len(scores), -1) for h in heads}
+    return MemberOutputs(scores, maps, probs)
+
+
+def run_member(
+    session: Any, pixels: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """Step 2 for one member, score and map only: [B, channels, S, S] -> scores [B], maps [B, S/8, S/8] or None."""
+    scores, maps, _ = run_member_with_heads(session, pixels)
     return scores, maps
 
 
@@ -117,6 +143,8 @@ class ReferenceResult:
     latency_s: float
     level: str = "negative"
     definite_threshold: float | None = None
+    heads: dict[str, HeadAnswer] = field(default_factory=dict)  # an ensemble with heads: each head's answer
+    qc: tuple[str, ...] = ()  # the quality-control warnings (fracscan.heads.resolve_heads)
 
 
 class ReferenceRunner:
@@ -131,26 +159,40 @@ class ReferenceRunner:
 
     def predict(self, data: bytes, region: str | None = None) -> ReferenceResult:
         start = time.perf_counter()
-        prepared = prepare(data, region, self.repo.spec)
+        spec = self.repo.spec
+        prepared = prepare(data, region, spec)
         batch = prepared.pixels[None]
+        head_names = [h.name for h in spec.heads]
         scores, maps = [], []
+        member_probs: dict[str, list[npt.NDArray[np.float32]]] = {h: [] for h in head_names}
         for session in self.sessions:
-            s, m = run_member(session, batch)
+            s, m, probs = run_member_with_heads(session, batch, head_names)
             scores.append(float(s[0]))
             if m is not None:
                 maps.append(m[0])
+            for h in head_names:
+                member_probs[h].append(probs[h][0])
         score, prob_map = combine(scores, maps)
-        decision: Decision = decide(score, prob_map, prepared.region, prepared.geometry, self.repo.thresholds)
+        region_used, source = prepared.region, prepared.region_source
+        answers: dict[str, HeadAnswer] = {}
+        qc: tuple[str, ...] = ()
+        if spec.heads:  # before deciding: the body-part head may name the region (REGION_SOURCE "model")
+            averaged = {h: average_head_probs(p) for h, p in member_probs.items()}
+            outcome = resolve_heads(spec, averaged, region_used, source, prepared.stated)
+            answers, region_used, source, qc = outcome.answers, outcome.region, outcome.region_source, outcome.qc
+        decision: Decision = decide(score, prob_map, region_used, prepared.geometry, self.repo.thresholds)
         return ReferenceResult(
             score=score,
             fracture=decision.fracture,
             threshold=decision.threshold,
-            region=prepared.region,
-            region_source=prepared.region_source,
+            region=region_used,
+            region_source=source,
             fallback=decision.fallback,
             member_scores=np.asarray(scores, dtype=np.float32),
             boxes=decision.boxes,
             latency_s=time.perf_counter() - start,
             level=decision.level,
             definite_threshold=decision.definite_threshold,
+            heads=answers,
+            qc=qc,
         )

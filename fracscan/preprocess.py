@@ -1,8 +1,14 @@
 """Pre-processing (Jones et al. 2020): crop the border, resize to S x S, plain + LCN channels.
 
+The spec picks the variant: `resize = "pad"` (long side S, aspect kept, padded; Jones) or
+`"stretch"` (the crop resized to S x S, aspect not kept; Olczak et al. 2017), `crop = "anatomy"`
+(burned-in markers cropped away) or `"keep_markers"` (they stay in the frame), `lcn` (whether the
+members read the LCN channel at all).
+
 Input: a 2-D grayscale array where larger = brighter (the decoder has already applied the
-modality LUT and inverted MONOCHROME1). Output: a [2, S, S] float32 tensor (channel 0 the
-plain image, channel 1 its Local Contrast Normalization, both in [-1, 1]) and the
+modality LUT and inverted MONOCHROME1). Output: a [channels, S, S] float32 tensor (channel 0 the
+plain image, channel 1 its Local Contrast Normalization, both in [-1, 1]: 2 channels with LCN, 1
+without) and the
 `Geometry` that maps any point of the S x S frame back to original pixel coordinates. It comes
 in two halves, as it is served: `preprocess_frame` (crop, resize, pad: the plain frame; the
 python `preprocess` model) and `normalize_frame` (the LCN channel; the `normalize` model, which
@@ -92,6 +98,7 @@ class Geometry:
 
 
 _CROP_WORK_SIDE = 512  # crop statistics are computed on a block-averaged copy of this size
+_MARKER_GROWTH = np.ones((5, 5), np.uint8)  # keep_markers: content dilated by 2 work pixels (see _crop_box)
 
 
 def _block_mean(img: NDArray[Any], side: int) -> tuple[NDArray[Any], int]:
@@ -124,19 +131,34 @@ def content_span(fraction: NDArray[Any], strong: float, weak: float) -> tuple[in
     return lo, hi + 1
 
 
-def find_crop(img: NDArray[Any]) -> tuple[int, int, int, int]:
+def marker_span(fraction: NDArray[Any], strong: float, weak: float) -> tuple[int, int] | None:
+    """First/last index whose content fraction >= weak, if any index reaches strong.
+
+    Unlike `content_span` this keeps everything that is content at all, however many empty rows
+    separate it from the anatomy: a burned-in marker stays inside the crop (`crop = "keep_markers"`).
+    Borders have no content (dark, or saturated and flat), so they are still removed.
+    """
+    if not (fraction >= strong).any():
+        return None
+    idx = np.flatnonzero(fraction >= weak)
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def find_crop(img: NDArray[Any], keep_markers: bool = False) -> tuple[int, int, int, int]:
     """Return (y0, x0, y1, x1): the box that removes black / collimation borders.
 
     Works on row and column statistics of a denoised copy: a pixel is "content" if it is
     clearly above the dark border level and not part of a saturated bright border. Rows
     and columns with too little content are border. Never returns an empty box; when in
-    doubt it keeps the whole image.
+    doubt it keeps the whole image. `keep_markers` keeps burned-in markers (`marker_span`).
     """
     img = np.asarray(img, dtype=np.float32)
-    return _crop_box(*_block_mean(img, _CROP_WORK_SIDE), img.shape)
+    return _crop_box(*_block_mean(img, _CROP_WORK_SIDE), img.shape, keep_markers)
 
 
-def _crop_box(small: NDArray[Any], k: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def _crop_box(
+    small: NDArray[Any], k: int, shape: tuple[int, ...], keep_markers: bool = False
+) -> tuple[int, int, int, int]:
     h, w = shape
     small = cv2.medianBlur(small, 3)  # 3 x 3 median; its border is replicated (scipy's "nearest")
     lo, hi = np.percentile(small, [1.0, 99.5])
@@ -149,8 +171,14 @@ def _crop_box(small: NDArray[Any], k: int, shape: tuple[int, ...]) -> tuple[int,
     mean_sq = cv2.blur(norm * norm, (5, 5), borderType=cv2.BORDER_REFLECT)
     flat = mean * mean >= mean_sq - 1e-4
     content = (norm > 0.12) & ~(flat & (norm > 0.97))
-    span_y = content_span(content.mean(axis=1), strong=0.15, weak=0.01)
-    span_x = content_span(content.mean(axis=0), strong=0.15, weak=0.01)
+    span = content_span
+    if keep_markers:
+        # A marker's thin strokes (an "L"'s foot: one or two pixels a column) fall below the weak level;
+        # grown by 2 work pixels, the glyph is a solid blob whose rows and columns all reach it.
+        content = cv2.dilate(content.view(np.uint8), _MARKER_GROWTH).view(bool)
+        span = marker_span
+    span_y = span(content.mean(axis=1), strong=0.15, weak=0.01)
+    span_x = span(content.mean(axis=0), strong=0.15, weak=0.01)
     if span_y is None or span_x is None:
         return 0, 0, h, w
     margin = 2  # work pixels: keep a sliver of border rather than cut anatomy
@@ -342,24 +370,28 @@ def _checked_block_mean(img: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], 
 def preprocess_frame(
     img: NDArray[Any], spec: PreprocessSpec, out: NDArray[Any] | None = None
 ) -> tuple[NDArray[Any], Geometry]:
-    """The decode-side half: crop, resize (long side S, anti-aliased), pad; return (plain [S, S], geometry).
+    """The decode-side half: crop, resize (anti-aliased), pad; return (plain [S, S], geometry).
 
-    The plain frame is in [-1, 1] and its padding is -1 (black). It is what the `preprocess` model
-    serves (as FRAME [1, S, S]); `normalize_frame` (or the `normalize` model) makes the [2, S, S]
-    member input from it.
+    "pad": the long side becomes S, the aspect is kept and the rest padded; "stretch": the crop
+    becomes S x S (each axis scaled on its own, no padding). The plain frame is in [-1, 1] and its
+    padding is -1 (black). It is what the `preprocess` model serves (as FRAME [1, S, S]);
+    `normalize_frame` (or the `normalize` model) makes the members' input from it.
     """
     img = np.asarray(img)
     if img.ndim != 2 or img.size == 0:
         raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {img.shape}")
     img, small, k = _checked_block_mean(img.astype(np.float32, copy=False))
-    y0, x0, y1, x1 = _crop_box(small, k, img.shape)
+    y0, x0, y1, x1 = _crop_box(small, k, img.shape, spec.crop == "keep_markers")
     crop = img[y0:y1, x0:x1]
     lo, hi = _intensity_range(crop)
 
     size = spec.size
     ch, cw = crop.shape
-    scale = size / max(ch, cw)
-    rh, rw = max(1, min(size, round(ch * scale))), max(1, min(size, round(cw * scale)))
+    if spec.resize == "stretch":
+        rh = rw = size
+    else:
+        scale = size / max(ch, cw)
+        rh, rw = max(1, min(size, round(ch * scale))), max(1, min(size, round(cw * scale)))
     pad_top, pad_left = (size - rh) // 2, (size - rw) // 2
     plain = np.empty((size, size), dtype=np.float32) if out is None else out
     plain.fill(-1.0)
@@ -372,16 +404,18 @@ def preprocess_frame(
 
 
 def normalize_frame(plain: NDArray[Any], spec: PreprocessSpec) -> NDArray[Any]:
-    """The pixel half: plain [S, S] -> [2, S, S] (plain, LCN), the members' input."""
-    pixels = np.empty((2, *np.shape(plain)), dtype=np.float32)
+    """The pixel half: plain [S, S] -> [channels, S, S], the members' input: plain, LCN (plain only if lcn = false)."""
+    pixels = np.empty((spec.channels, *np.shape(plain)), dtype=np.float32)
     pixels[0] = plain
-    local_contrast_normalize(pixels[0], spec, out=pixels[1])
+    if spec.lcn:
+        local_contrast_normalize(pixels[0], spec, out=pixels[1])
     return pixels
 
 
 def preprocess(img: NDArray[Any], spec: PreprocessSpec) -> tuple[NDArray[Any], Geometry]:
-    """Both halves: crop, resize, pad, LCN; return ([2, S, S], geometry)."""
-    pixels = np.empty((2, spec.size, spec.size), dtype=np.float32)
+    """Both halves: crop, resize, pad, LCN; return ([channels, S, S], geometry)."""
+    pixels = np.empty((spec.channels, spec.size, spec.size), dtype=np.float32)
     _, geometry = preprocess_frame(img, spec, out=pixels[0])
-    local_contrast_normalize(pixels[0], spec, out=pixels[1])
+    if spec.lcn:
+        local_contrast_normalize(pixels[0], spec, out=pixels[1])
     return pixels, geometry

@@ -50,6 +50,7 @@ from fracscan.ports import require_free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
+OLCZAK_DEMO_REPOSITORY = PROJECT_ROOT / "model_repository_olczak"  # the Olczak et al. 2017 system's DEMO
 SHM_DIR = Path("/dev/shm")  # where the python backend keeps its shared-memory regions
 SHM_PREFIX = re.compile(r"fracscan_(\d+)_\d+_")  # our regions: fracscan_<owner pid>_<http port>_<uuid>
 # APIs refused without the admin header: anyone who reaches the port could otherwise make the server

@@ -17,8 +17,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside the Triton python stub
 
 from fracscan import contract as c
+from fracscan.heads import average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
-from fracscan.pipeline import InputError, combine, normalize, prepare_frame, run_member
+from fracscan.pipeline import InputError, MemberOutputs, combine, normalize, prepare_frame, run_member_with_heads
 from fracscan.postprocess import Thresholds, decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
@@ -61,15 +62,22 @@ class _Base:
         return responses
 
 
+def _texts(rows: list[list[str]]) -> np.ndarray:
+    return np.array([[v.encode() for v in row] for row in rows], dtype=np.object_)
+
+
 class PreprocessModel(_Base):
-    """IMAGE (bytes) [+ REGION] -> FRAME [1, S, S], GEOMETRY [9], REGION_USED, REGION_SOURCE."""
+    """IMAGE (bytes) [+ REGION] -> FRAME [1, S, S], GEOMETRY [9], REGION_USED, REGION_SOURCE [, DICOM_LABELS [2]].
+
+    DICOM_LABELS (what DICOM states, for the heads' quality control) only when the spec has heads.
+    """
 
     step = "preprocess"
 
     def handle(self, request):
         images = _input(request, c.IMAGE)
         regions = _input(request, c.REGION)
-        frames, geometry, used, source = [], [], [], []
+        frames, geometry, used, source, stated = [], [], [], [], []
         for i, item in enumerate(images.reshape(len(images), -1)[:, 0]):
             requested = _text(regions.reshape(len(regions), -1)[i, 0]).strip() if regions is not None else ""
             try:
@@ -79,20 +87,22 @@ class PreprocessModel(_Base):
                 raise InputError(f"{prefix}{exc}") from None
             frames.append(prepared.frame)
             geometry.append(prepared.geometry.to_array())
-            used.append([prepared.region.encode()])
-            source.append([prepared.region_source.encode()])
-        return pb_utils.InferenceResponse(
-            [
-                pb_utils.Tensor(c.FRAME, np.stack(frames)),
-                pb_utils.Tensor(c.GEOMETRY, np.stack(geometry)),
-                pb_utils.Tensor(c.REGION_USED, np.array(used, dtype=np.object_)),
-                pb_utils.Tensor(c.REGION_SOURCE, np.array(source, dtype=np.object_)),
-            ]
-        )
+            used.append([prepared.region])
+            source.append([prepared.region_source])
+            stated.append(list(prepared.stated))
+        outputs = [
+            pb_utils.Tensor(c.FRAME, np.stack(frames)),
+            pb_utils.Tensor(c.GEOMETRY, np.stack(geometry)),
+            pb_utils.Tensor(c.REGION_USED, _texts(used)),
+            pb_utils.Tensor(c.REGION_SOURCE, _texts(source)),
+        ]
+        if self.spec.heads:
+            outputs.append(pb_utils.Tensor(c.DICOM_LABELS, _texts(stated)))
+        return pb_utils.InferenceResponse(outputs)
 
 
 class NormalizeModel(_Base):
-    """FRAME [1, S, S] -> PIXELS [2, S, S] (plain, LCN) with the CPU path; the cpu target's `normalize`.
+    """FRAME [1, S, S] -> PIXELS [channels, S, S] (plain, LCN; plain only when lcn = false) with the CPU path.
 
     The GPU targets serve the ONNX graph of `fracscan.export.normalize` in this model's place.
     """
@@ -104,7 +114,7 @@ class NormalizeModel(_Base):
 
 
 class MemberModel(_Base):
-    """image [2, S, S] -> score [1] (+ map [1, S/8, S/8]) with ONNX Runtime.
+    """image [channels, S, S] -> score [1] (+ map [1, S/8, S/8]) (+ head_<name> [K] per head) with ONNX Runtime.
 
     Tensor names are the ONNX graph's, so the ensemble wiring is the same for every target.
 
@@ -117,31 +127,33 @@ class MemberModel(_Base):
         super().initialize(args)
         self.step = self.model_dir.name
         self.session = ort_session(self.model_dir / args["model_version"] / c.ONNX_FILE)
+        self.heads = [h.name for h in self.spec.heads]
 
     def execute(self, requests):
         try:
             batches = [_input(r, c.MEMBER_INPUT) for r in requests]
-            scores, maps = run_member(self.session, np.concatenate(batches))
+            out = run_member_with_heads(self.session, np.concatenate(batches), self.heads)
         except Exception:
             return super().execute(requests)  # fall back to one request at a time, with errors
         bounds = np.cumsum([0] + [len(b) for b in batches])
-        return [
-            _member_response(scores[a:b], None if maps is None else maps[a:b]) for a, b in itertools.pairwise(bounds)
-        ]
+        return [_member_response(out, slice(a, b)) for a, b in itertools.pairwise(bounds)]
 
     def handle(self, request):
-        return _member_response(*run_member(self.session, _input(request, c.MEMBER_INPUT)))
+        out = run_member_with_heads(self.session, _input(request, c.MEMBER_INPUT), self.heads)
+        return _member_response(out, slice(None))
 
 
-def _member_response(scores: np.ndarray, maps: np.ndarray | None):
-    outputs = [pb_utils.Tensor(c.MEMBER_SCORE, scores[:, None].astype(np.float32))]
-    if maps is not None:
-        outputs.append(pb_utils.Tensor(c.MEMBER_MAP, maps[:, None].astype(np.float32)))
+def _member_response(out: MemberOutputs, rows: slice):
+    outputs = [pb_utils.Tensor(c.MEMBER_SCORE, out.scores[rows, None].astype(np.float32))]
+    if out.maps is not None:
+        outputs.append(pb_utils.Tensor(c.MEMBER_MAP, out.maps[rows, None].astype(np.float32)))
+    for head, probs in out.heads.items():
+        outputs.append(pb_utils.Tensor(c.member_head(head), np.ascontiguousarray(probs[rows], dtype=np.float32)))
     return pb_utils.InferenceResponse(outputs)
 
 
 class AverageModel(_Base):
-    """SCORE_xx [1], MAP_xx [1, h, w] -> SCORE [1], MEMBER_SCORES [M], MAP [h, w]."""
+    """SCORE_xx [1], MAP_xx [1, h, w] -> SCORE [1], MEMBER_SCORES [M], MAP [h, w]; heads: the members' mean."""
 
     step = "average"
 
@@ -161,6 +173,10 @@ class AverageModel(_Base):
         ]
         if out_maps:
             outputs.append(pb_utils.Tensor(c.MAP, np.stack(out_maps).astype(np.float32)))
+        for head in self.spec.heads:
+            probs = [_input(request, c.member_head_probs(i, head.name)) for i in members]
+            averaged = np.stack([average_head_probs([p[b] for p in probs]) for b in range(scores.shape[0])])
+            outputs.append(pb_utils.Tensor(c.head_outputs(head.name)[1], averaged))
         return pb_utils.InferenceResponse(outputs)
 
 
@@ -168,6 +184,11 @@ class ThresholdModel(_Base):
     """The last step: decides (FRACTURE, THRESHOLD, FALLBACK, BOXES [-1, 5], LEVEL, DEFINITE_THRESHOLD) and
     passes the earlier steps' answers on (SCORE, MEMBER_SCORES, REGION_USED, REGION_SOURCE), so that
     every ensemble output comes from this step (see `contract.passed_through`).
+
+    With heads it first resolves them (`fracscan.heads.resolve_heads`: top classes, QC against
+    DICOM_LABELS, the region from the body-part head when nobody named one), decides with the
+    resolved region and answers REGION_USED / REGION_SOURCE as resolved, each head's top class and
+    probabilities (`contract.head_outputs`) and QC.
 
     Thresholds are read from thresholds.json at load; the file is swapped without touching
     the members (see `fracscan calibrate`).
@@ -181,9 +202,11 @@ class ThresholdModel(_Base):
         pb_utils.Logger.log_info(f"threshold: loaded {json.dumps(self.thresholds.provenance)[:200]}")
 
     def handle(self, request):
-        passed = {name: _input(request, c.passed_through(name)) for name in c.PASSED_ON}
+        passed = {name: _input(request, c.passed_through(name)) for name in c.passed_on(self.spec.head_dims)}
         scores = passed[c.SCORE].reshape(-1)
-        regions = passed[c.REGION_USED].reshape(-1)
+        regions = [_text(v) for v in passed[c.REGION_USED].reshape(-1)]
+        sources = [_text(v) for v in passed[c.REGION_SOURCE].reshape(-1)]
+        heads = self._resolve_heads(request, passed, regions, sources) if self.spec.heads else []
         maps = _input(request, c.MAP)
         geometry = _input(request, c.GEOMETRY)
         fracture, threshold, fallback, boxes, level, definite = [], [], [], [], [], []
@@ -191,7 +214,7 @@ class ThresholdModel(_Base):
             decision = decide(
                 float(score),
                 None if maps is None else maps[b],
-                _text(regions[b]),
+                regions[b],
                 Geometry.from_array(geometry[b]),
                 self.thresholds,
             )
@@ -208,6 +231,8 @@ class ThresholdModel(_Base):
         padded = np.full((len(boxes), k, c.BOX_COLUMNS), c.BOX_PADDING, dtype=np.float32)
         for b, rows in enumerate(boxes):
             padded[b, : len(rows)] = rows
+        passed[c.REGION_USED] = _texts([[r] for r in regions])
+        passed[c.REGION_SOURCE] = _texts([[r] for r in sources])
         return pb_utils.InferenceResponse(
             [pb_utils.Tensor(name, value) for name, value in passed.items()]
             + [
@@ -218,7 +243,27 @@ class ThresholdModel(_Base):
                 pb_utils.Tensor(c.LEVEL, np.array(level, dtype=np.object_)),
                 pb_utils.Tensor(c.DEFINITE_THRESHOLD, np.asarray(definite, dtype=np.float32)),
             ]
+            + heads
         )
+
+    def _resolve_heads(self, request, passed: dict, regions: list[str], sources: list[str]) -> list:
+        """Resolve every image's heads; update `regions` / `sources` in place; return the top-class and QC tensors.
+
+        (The probabilities are passed on as they came: the members' mean, which is what the answer reports.)
+        """
+        stated = _input(request, c.DICOM_LABELS).reshape(len(regions), -1)
+        names = {h.name: c.head_outputs(h.name) for h in self.spec.heads}
+        labels: dict[str, list[list[str]]] = {h: [] for h in names}
+        qc = []
+        for b in range(len(regions)):
+            probs = {h: passed[probs_name][b] for h, (_, probs_name) in names.items()}
+            outcome = resolve_heads(self.spec, probs, regions[b], sources[b], tuple(_text(v) for v in stated[b]))
+            regions[b], sources[b] = outcome.region, outcome.region_source
+            for h in names:
+                labels[h].append([outcome.answers[h].label])
+            qc.append([c.QC_SEPARATOR.join(outcome.qc)])
+        tensors = [pb_utils.Tensor(names[h][0], _texts(rows)) for h, rows in labels.items()]
+        return [*tensors, pb_utils.Tensor(c.QC, _texts(qc))]
 
 
 class StudyModel(_Base):

@@ -28,6 +28,11 @@ Determinism: everything is drawn from independent numpy ``Generator`` streams se
 ``make_case(s, region=r, fracture=False)`` share layout, exposure, noise, border and
 marker: they differ only by the fracture (useful for honest tests).
 
+Exam views (``views``): wrist, hand and ankle can be drawn ``make_case(..., view=v)`` for v in
+:data:`VIEWS` (frontal / lateral / oblique): the limb is turned about its long axis before it is
+drawn, so the view is what the bones show (superimposed in the lateral), never a flag.
+:func:`exam_dataset` draws region, view and fracture uniformly (the Olczak et al. 2017 labels).
+
 Only numpy, scipy, pillow and pydicom are needed to make the images; writing some
 compressed DICOM transfer syntaxes needs optional encoders (see :data:`TRANSFER_SYNTAXES`
 and :func:`can_write`).
@@ -35,10 +40,11 @@ and :func:`can_write`).
 
 from __future__ import annotations
 
-from .cases import DEMO_NOTICE, SyntheticCase, dataset, make_case
+from .cases import DEMO_NOTICE, SyntheticCase, dataset, exam_dataset, make_case
 from .examples import write_examples
 from .fractures import FRACTURE_WIDTH
 from .phantoms import LANDSCAPE, REGIONS
+from .views import REGIONS_WITH_VIEWS, VIEWS
 from .writers import (
     BODY_PART,
     LOSSLESS,
@@ -59,11 +65,14 @@ __all__ = [
     "LANDSCAPE",
     "LOSSLESS",
     "REGIONS",
+    "REGIONS_WITH_VIEWS",
     "TRANSFER_SYNTAXES",
+    "VIEWS",
     "SyntheticCase",
     "can_write",
     "dataset",
     "dicom_pixels",
+    "exam_dataset",
     "make_case",
     "png_bytes",
     "writable_transfer_syntaxes",

@@ -74,11 +74,12 @@ def wrist_layout(w, h, j: Jitter) -> Layout:
     bones.append(
         blob((cx + 0.15, row1 + 0.01), 0.075, 0.038, -55 + j(0, 8), name="scaphoid", frac_weight=0.15, cortex=0.25)
     )
-    for x in (cx + 0.02, cx - 0.09, cx - 0.17):
-        bones.append(blob((x, row1 + j(0, 0.01)), j(0.055, 0.006), j(0.045, 0.005), j(0, 15)))
+    for x, name in ((cx + 0.02, "lunate"), (cx - 0.09, "triquetrum"), (cx - 0.17, "pisiform")):
+        bones.append(blob((x, row1 + j(0, 0.01)), j(0.055, 0.006), j(0.045, 0.005), j(0, 15), name=name))
     row2 = row1 + 0.115
-    for x in (cx + 0.16, cx + 0.07, cx - 0.03, cx - 0.13):
-        bones.append(blob((x, row2 + j(0, 0.01)), j(0.05, 0.006), j(0.045, 0.005), j(0, 15)))
+    distal = ((cx + 0.16, "trapezium"), (cx + 0.07, "trapezoid"), (cx - 0.03, "capitate"), (cx - 0.13, "hamate"))
+    for x, name in distal:
+        bones.append(blob((x, row2 + j(0, 0.01)), j(0.05, 0.006), j(0.045, 0.005), j(0, 15), name=name))
     base = row2 + 0.1
     for k, (x, ang) in enumerate(((cx + 0.22, 35), (cx + 0.1, 8), (cx - 0.0, 0), (cx - 0.1, -6), (cx - 0.19, -14))):
         a = math.radians(ang + j(0, 3))
@@ -155,8 +156,10 @@ def hand_layout(w, h, j: Jitter) -> Layout:
     a = math.radians(tang)
     soft.append(soft_tube([tb, np.array(tb) + np.array([math.sin(a), -math.cos(a)]) * 0.5 * sc], 0.065 * sc, 0.9))
     for k in range(4):
-        bones.append(blob((cx - 0.13 + 0.09 * k, yb + 0.08 + j(0, 0.01)), 0.045 * sc, 0.035 * sc, j(0, 20)))
-        bones.append(blob((cx - 0.11 + 0.08 * k, yb + 0.16 + j(0, 0.01)), 0.042 * sc, 0.035 * sc, j(0, 20)))
+        c1 = (cx - 0.13 + 0.09 * k, yb + 0.08 + j(0, 0.01))
+        bones.append(blob(c1, 0.045 * sc, 0.035 * sc, j(0, 20), name=f"carpal_distal{k}"))
+        c2 = (cx - 0.11 + 0.08 * k, yb + 0.16 + j(0, 0.01))
+        bones.append(blob(c2, 0.042 * sc, 0.035 * sc, j(0, 20), name=f"carpal_proximal{k}"))
     return Layout(bones, soft, 0.026)
 
 

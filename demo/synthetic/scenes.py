@@ -1,4 +1,4 @@
-"""The scene of a seed: region, shape, bit depth, laterality, frame, layout, collimation border, marker.
+"""The scene of a seed: region, shape, bit depth, laterality, frame, layout (in its exam view), border, marker.
 
 Everything drawn for a seed except the fracture, so that the fractured and the normal case of
 one seed share it.
@@ -14,6 +14,7 @@ import numpy as np
 from . import streams
 from .phantoms import LANDSCAPE, LAYOUTS, REGIONS
 from .primitives import Frame, Jitter, Prim, scale_prim
+from .views import view_layout
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Scene:
     marker: dict
     s: float
     scale: float
+    view: str | None = None  # the exam view drawn (None: the layout as it is, no view)
 
 
 def choose(seed: int, region: str | None, fracture: bool | None, shape: tuple[int, int] | None):
@@ -60,7 +62,7 @@ def choose(seed: int, region: str | None, fracture: bool | None, shape: tuple[in
     return reg, frac, lat, H, W, bits
 
 
-def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int) -> Scene:
+def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int, view: str | None = None) -> Scene:
     rf = streams.rng(seed, streams.FRAME)
     natural_landscape = region in LANDSCAPE
     actual_landscape = W > H
@@ -82,6 +84,7 @@ def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int) -> S
     frame = Frame(H, W, M, np.array([Wc / 2, Hc / 2]), np.array([W / 2, H / 2]) + shift)
 
     lay = LAYOUTS[region](Wc / s, Hc / s, Jitter(streams.rng(seed, streams.LAYOUT)))
+    lay = view_layout(seed, region, view, lay, Hc / s)
     bones = [scale_prim(b, s) for b in lay.bones]
     soft = [scale_prim(b, s) for b in lay.soft]
 
@@ -125,4 +128,4 @@ def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int) -> S
     mx = int(np.clip(mx, 0, W - mw))
     my = int(np.clip(my, 0, H - mh))
     marker = {"box": (mx, my, mx + mw, my + mh), "level": rf.uniform(0.88, 1.0), "text": lat}
-    return Scene(region, lat, H, W, frame, bones, soft, lay.ref_radius * s, bits, fld, border, marker, s, scale)
+    return Scene(region, lat, H, W, frame, bones, soft, lay.ref_radius * s, bits, fld, border, marker, s, scale, view)

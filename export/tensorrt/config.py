@@ -56,8 +56,8 @@ def tensorrt_member_fields(spec: EnsembleSpec, index: int, opt: RepositoryOption
     sample at batch 1 and at max_batch_size) + optional CUDA graphs for the preferred batch
     sizes and max_batch_size.
     """
-    s = spec.preprocess.size
-    return _plan_fields(INPUT_NAME, [2, s, s], opt)
+    (image,) = contract.member_inputs(spec.preprocess.size, spec.preprocess.channels)
+    return _plan_fields(INPUT_NAME, list(image.dims), opt)
 
 
 def tensorrt_normalize_fields(spec: EnsembleSpec, opt: RepositoryOptions) -> dict[str, Any]:
@@ -67,8 +67,8 @@ def tensorrt_normalize_fields(spec: EnsembleSpec, opt: RepositoryOptions) -> dic
     loses most of its digits, so the config says `precision: fp32` and the engine build honours it
     whatever precision the members are built in (`MemberInfo.precision`).
     """
-    s = spec.preprocess.size
-    fields = _plan_fields(contract.FRAME, [1, s, s], opt)
+    (frame,) = contract.normalize_inputs(spec.preprocess.size)
+    fields = _plan_fields(frame.name, list(frame.dims), opt)
     fields["parameters"] = {PRECISION_PARAMETER: mc.ModelParameter(string_value=NORMALIZE_PRECISION)}
     return fields
 

@@ -1,7 +1,7 @@
-"""Calibration and evaluation (Jones et al. 2020, Methods): numpy/scipy only, no CLI.
+"""Calibration and evaluation (Jones et al. 2020, Methods): numpy/scipy, no CLI.
 
 Inputs are the predictions written by `fracscan predict --format jsonl` and a labels CSV
-(`source,fracture[,region][,x0,y0,x1,y1]`); `fracscan calibrate` and `fracscan evaluate`
+(`source,fracture[,region][,x0,y0,x1,y1][,<head>...]`); `fracscan calibrate` and `fracscan evaluate`
 (`fracscan.cli.calibrate`, `fracscan.cli.evaluate`) are thin wrappers over this package.
 One file a job:
 
@@ -10,8 +10,11 @@ One file a job:
 * `rules`       the threshold rules: score order statistics, IoU, box hits.
 * `calibration` per-region operating points as the core's `Thresholds` (`calibrate` ->
                 `CalibrationResult`), the map-threshold recheck, what a calibration achieves.
-* `metrics`     AUC, ROC, Wilson and bootstrap CIs, kappa, per-region reports (`evaluate`), where the
+* `metrics`     AUC, ROC, Wilson and bootstrap CIs, Cohen's kappa from a confusion matrix of any number of
+                classes (`cohen_kappa`), per-region reports (`evaluate`), where the
                 boxes land (`localisation`: top-box IoU rate, box sensitivity).
+* `heads`       classification heads (Olczak et al. 2017): their labels checked against the classes,
+                accuracy and Cohen's kappa per head (`head_report` of two label lists, `evaluate_heads`).
 * `plots`       ROC curves as a PNG; matplotlib is imported only when called.
 """
 
@@ -26,13 +29,16 @@ from fracscan.evaluation.calibration import (
     fit_by_region,
     recheck_map_thresholds,
 )
+from fracscan.evaluation.heads import check_head_labels, evaluate_heads, head_classes, head_report
 from fracscan.evaluation.matching import Case, Labelled, Matched, file_name, match, model_identity, read_labelled
 from fracscan.evaluation.metrics import (
     auc,
     binary_metrics,
     cohen_kappa,
+    confusion_matrix,
     decisions_for,
     evaluate,
+    kappa_from_confusion,
     localisation,
     percentile_interval,
     rng_for,
@@ -67,13 +73,19 @@ __all__ = [
     "binary_metrics",
     "box_hit_confidences",
     "calibrate",
+    "check_head_labels",
     "cohen_kappa",
+    "confusion_matrix",
     "decisions_for",
     "evaluate",
+    "evaluate_heads",
     "file_name",
     "file_provenance",
     "fit_by_region",
+    "head_classes",
+    "head_report",
     "iou",
+    "kappa_from_confusion",
     "localisation",
     "map_threshold_from_hits",
     "match",

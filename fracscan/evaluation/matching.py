@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fracscan.contract import UNKNOWN_REGION
+from fracscan.evaluation.heads import check_head_labels, head_classes, head_pairs
 from fracscan.evaluation.records import EvaluationError, LabelRow, PredictionRow, read_labels, read_predictions
 
 SHOW = 5  # how many names a report lists
@@ -28,6 +29,7 @@ class Case:
     predicted: bool | None  # the `fracture` field of the prediction
     pred_boxes: NDArray[np.float64]  # [K, 5]
     label_boxes: NDArray[np.float64]  # [B, 4]
+    heads: dict[str, tuple[str, str]] = field(default_factory=dict)  # head -> (label, predicted class)
 
 
 @dataclass
@@ -142,7 +144,16 @@ def match(predictions: list[PredictionRow], labels: list[LabelRow]) -> Matched:
         if label.region and label.region != pred.region:
             result.region_overrides += 1
         result.cases.append(
-            Case(pred.source, region, label.fracture, pred.score, pred.fracture, pred.boxes, label.boxes)
+            Case(
+                pred.source,
+                region,
+                label.fracture,
+                pred.score,
+                pred.fracture,
+                pred.boxes,
+                label.boxes,
+                head_pairs(label, pred),
+            )
         )
     return result
 
@@ -164,14 +175,19 @@ class Labelled:
     predictions: list[PredictionRow]
     matched: Matched
     box_labels: bool  # the labels CSV has the box columns x0,y0,x1,y1
+    heads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # heads the labels have a column for
 
 
 def read_labelled(predictions: str | Path, labels: str | Path) -> Labelled:
-    """Read both files and match them; EvaluationError when either is bad or nothing matches."""
+    """Read both files and match them; EvaluationError when either is bad or nothing matches.
+
+    Label columns named like a classification head of the predictions are checked against its classes.
+    """
     rows = read_predictions(predictions)
     label_rows, box_labels = read_labels(labels)
     if not rows:
         raise EvaluationError(f"{predictions}: no predictions in the file")
+    label_rows, heads = check_head_labels(label_rows, head_classes(rows, predictions), labels)
     matched = match(rows, label_rows)
     if not matched.cases:
 
@@ -185,4 +201,4 @@ def read_labelled(predictions: str | Path, labels: str | Path) -> Labelled:
             f"labels hold e.g. {sample([r.source for r in label_rows])}"
         )
         raise EvaluationError(f'no labelled radiograph of {labels} matched an "ok" prediction of {predictions} ({why})')
-    return Labelled(rows, matched, box_labels)
+    return Labelled(rows, matched, box_labels, heads)

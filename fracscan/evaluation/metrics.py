@@ -1,5 +1,8 @@
 """Metrics of the paper: AUC, sensitivity, specificity, PPV, NPV with 95% CIs, and Cohen's kappa.
 
+Cohen's kappa has one home, `cohen_kappa`, from the confusion matrix of any number of classes: the
+fracture decisions (two) and the classification heads (`evaluation.heads`) use the same one.
+
 Wilson score intervals for sensitivity and specificity; for AUC, PPV and NPV the percentile
 intervals of a seeded bootstrap that resamples radiographs stratified by label (P positives and
 N negatives drawn with replacement from each class).
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,18 +62,49 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def cohen_kappa(labels: Any, decisions: Any) -> float | None:
-    """Cohen's kappa of the binary decisions against the labels; None when undefined (chance agreement 1)."""
-    y = np.asarray(labels, dtype=bool).reshape(-1)
-    d = np.asarray(decisions, dtype=bool).reshape(-1)
-    n = y.size
-    if n == 0:
+def confusion_matrix(truth: Iterable[Any], predicted: Iterable[Any], classes: Sequence[Any]) -> NDArray[np.int64]:
+    """Counts [K, K]: rows the truth, columns the prediction, both in `classes`' order.
+
+    ValueError for a value that is not one of `classes` (a typo must not pass as a disagreement).
+    """
+    index = {k: i for i, k in enumerate(classes)}
+
+    def positions(values: Iterable[Any], what: str) -> NDArray[np.intp]:
+        try:
+            return np.fromiter((index[v] for v in values), dtype=np.intp)
+        except KeyError as exc:
+            raise ValueError(f"{what} value {exc.args[0]!r} is not one of the classes {list(classes)}") from None
+
+    t, p = positions(truth, "truth"), positions(predicted, "predicted")
+    if t.size != p.size:
+        raise ValueError(f"truth and predicted differ in length ({t.size} vs {p.size})")
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(counts, (t, p), 1)
+    return counts
+
+
+def kappa_from_confusion(confusion: Any) -> float | None:
+    """Cohen's kappa (p_o - p_e) / (1 - p_e) of a confusion matrix; None when undefined (no cases, or
+    chance agreement 1: both raters used one and the same class). Exact integer sums, one division."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    n = int(counts.sum())
+    agree = int(np.trace(counts))
+    chance = sum(int(r) * int(c) for r, c in zip(counts.sum(axis=1), counts.sum(axis=0), strict=True))  # n² p_e
+    if n == 0 or chance >= n * n:
         return None
-    observed = float(np.mean(y == d))
-    expected = (y.mean() * d.mean()) + ((1 - y.mean()) * (1 - d.mean()))
-    if expected >= 1.0:
-        return None
-    return float((observed - expected) / (1.0 - expected))
+    return (n * agree - chance) / (n * n - chance)
+
+
+def cohen_kappa(truth: Any, predicted: Any, classes: Sequence[Any] | None = None) -> float | None:
+    """Cohen's kappa of the predictions against the truth over `classes`; None when undefined.
+
+    Without `classes`, binary: both are read as booleans (the fracture labels and decisions).
+    """
+    if classes is None:
+        truth = np.asarray(truth, dtype=bool).reshape(-1).tolist()
+        predicted = np.asarray(predicted, dtype=bool).reshape(-1).tolist()
+        classes = (False, True)
+    return kappa_from_confusion(confusion_matrix(truth, predicted, classes))
 
 
 def _ratio(a: int, b: int) -> float | None:

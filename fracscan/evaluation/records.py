@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from fracscan.contract import UNKNOWN_REGION
 
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 MODEL_KEYS = ("model", "model_version", "spec", "ensemble")  # model identity keys in prediction rows
+# `fracscan predict` writes, per classification head, `<head>` (top class) and `<head>_probs` ({class: p}
+# in the spec's order): the key that makes a row's heads and their classes known (cli/_predict_output.py).
+HEAD_PROBS_SUFFIX = "_probs"
+KNOWN_LABEL_COLUMNS = ("source", "fracture", "region", *BOX_COLUMNS)
 
 
 class EvaluationError(ValueError):
@@ -38,6 +42,8 @@ class PredictionRow:
     boxes: NDArray[np.float64]  # [K, 5] x0, y0, x1, y1, confidence
     error: str | None = None
     model: Any = None  # model identity keys found in the row, if any
+    heads: dict[str, str] = field(default_factory=dict)  # classification head -> its top class ("ok" rows)
+    head_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head -> its classes, in order
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class LabelRow:
     region: str | None  # overrides the predicted region when given
     boxes: NDArray[np.float64]  # [B, 4] x0, y0, x1, y1
     line: int
+    # The other columns' non-empty values with the line each came from (the source's first row that has
+    # one): a classification head's label when the column is named like a head of the predictions (see
+    # evaluation.heads).
+    columns: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # A value of another box row of the source that differs from `columns`' (value, line): an error for a
+    # head's column only (evaluation.heads.check_head_labels); a free-text column (a note) may differ.
+    conflicts: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def _number(value: Any) -> float | None:
@@ -111,6 +124,7 @@ def read_predictions(path: str | Path) -> list[PredictionRow]:
         identity = {k: raw[k] for k in MODEL_KEYS if raw.get(k) is not None}
         model = next(iter(identity.values())) if len(identity) == 1 else (identity or None)
         error = raw.get("error")
+        heads, head_classes = _prediction_heads(raw, where) if status == "ok" else ({}, {})
         rows.append(
             PredictionRow(
                 source,
@@ -123,9 +137,28 @@ def read_predictions(path: str | Path) -> list[PredictionRow]:
                 boxes,
                 None if error is None else str(error),
                 model,
+                heads,
+                head_classes,
             )
         )
     return rows
+
+
+def _prediction_heads(raw: dict[str, Any], where: str) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """A row's classification heads: `<head>` (the top class) beside `<head>_probs` ({class: p})."""
+    heads: dict[str, str] = {}
+    classes: dict[str, tuple[str, ...]] = {}
+    for key, probs in raw.items():
+        if not key.endswith(HEAD_PROBS_SUFFIX) or not isinstance(probs, dict):
+            continue
+        head = key.removesuffix(HEAD_PROBS_SUFFIX)
+        label = raw.get(head)
+        if not isinstance(label, str) or label not in probs:
+            raise EvaluationError(
+                f"{where}: {head!r} must be one of the classes of {key!r} {list(probs)}, got {label!r}"
+            )
+        heads[head], classes[head] = label, tuple(probs)
+    return heads, classes
 
 
 def _prediction_boxes(value: Any, where: str) -> NDArray[np.float64]:
@@ -154,7 +187,9 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
 
     Columns: `source`, `fracture` (1/0) required; `region` optional (overrides the predicted
     region); `x0,y0,x1,y1` optional localisation labels, one box per row (repeat the source
-    on several rows for several boxes; leave them empty for a radiograph without a box).
+    on several rows for several boxes; leave them empty for a radiograph without a box). Other
+    columns are kept per source (`LabelRow.columns`): those named like a classification head
+    of the predictions are its labels (`evaluation.heads`).
     """
     path = Path(path)
     try:
@@ -182,7 +217,8 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
                     f"{path}: box labels need all of the columns x0,y0,x1,y1 (found {', '.join(present_box)})"
                 )
             has_boxes = bool(present_box)
-            index = {c: columns.index(c) for c in ("source", "fracture", "region", *BOX_COLUMNS) if c in columns}
+            index = {c: columns.index(c) for c in KNOWN_LABEL_COLUMNS if c in columns}
+            others = {c: i for i, c in enumerate(columns) if c and c not in KNOWN_LABEL_COLUMNS}
             merged: dict[str, dict[str, Any]] = {}
             for row in reader:
                 line = reader.line_num
@@ -212,9 +248,17 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
                             raise EvaluationError(f"{where}: box needs x1 > x0 and y1 > y0, got {values}")
                         if not fracture:
                             raise EvaluationError(f"{where}: a fracture box on a row with fracture = 0")
+                extra = {c: row[i].strip() for c, i in others.items() if i < len(row) and row[i].strip()}
                 entry = merged.get(source)
                 if entry is None:
-                    merged[source] = {"fracture": fracture, "region": region, "boxes": [], "line": line}
+                    merged[source] = {
+                        "fracture": fracture,
+                        "region": region,
+                        "boxes": [],
+                        "line": line,
+                        "columns": {},
+                        "conflicts": {},
+                    }
                     entry = merged[source]
                 else:
                     if entry["fracture"] != fracture:
@@ -226,6 +270,10 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
                             f"{where}: {source!r} has region {region!r} here but {entry['region']!r} on line {entry['line']}"
                         )
                     entry["region"] = entry["region"] or region
+                for name, value in extra.items():
+                    before = entry["columns"].setdefault(name, (value, line))
+                    if before[0] != value:
+                        entry["conflicts"].setdefault(name, (value, line))
                 if box is not None:
                     entry["boxes"].append(box)
         except csv.Error as exc:
@@ -235,7 +283,15 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
     if not merged:
         raise EvaluationError(f"{path}: no label rows after the header")
     labels = [
-        LabelRow(s, e["fracture"], e["region"], np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4), e["line"])
+        LabelRow(
+            s,
+            e["fracture"],
+            e["region"],
+            np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4),
+            e["line"],
+            e["columns"],
+            e["conflicts"],
+        )
         for s, e in merged.items()
     ]
     return labels, has_boxes

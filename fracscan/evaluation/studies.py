@@ -27,6 +27,7 @@ from fracscan.postprocess import StudyThresholds, Thresholds
 from fracscan.study import aggregate
 
 STUDY_KIND = "study"  # the `kind` of a study row of `fracscan predict --by-study`
+STUDY_LABEL_COLUMNS = ("study", "fracture", "region")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class StudyCases:
     matched: Matched
     rule: str
     rescored: bool  # the scores were aggregated again from the view rows under `rule`
+    # The labels' other columns with a value (e.g. a classification head's): a study has no head answers
+    # (the study model answers the fracture question only), so they are not evaluated per study.
+    unused_columns: tuple[str, ...] = ()
 
 
 def _json_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -104,7 +108,10 @@ def read_study_predictions(path: str | Path, rule: str | None = None) -> tuple[l
 
 
 def read_study_labels(path: str | Path) -> list[LabelRow]:
-    """The study labels CSV: `study`, `fracture` (1/0) required, `region` optional; one row a study."""
+    """The study labels CSV: `study`, `fracture` (1/0) required, `region` optional; one row a study.
+
+    Other columns' non-empty values are kept (`LabelRow.columns`) so that a caller can say they go unused.
+    """
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
@@ -129,7 +136,9 @@ def read_study_labels(path: str | Path) -> list[LabelRow]:
             if study in labels:
                 raise EvaluationError(f"{where}: study {study!r} already labelled on line {labels[study].line}")
             region = _norm_region(cells.get("region"))
-            labels[study] = LabelRow(study, flag in _TRUE, region, np.zeros((0, 4)), reader.line_num)
+            line = reader.line_num
+            extra = {k: (v, line) for k, v in cells.items() if v and k and k not in STUDY_LABEL_COLUMNS}
+            labels[study] = LabelRow(study, flag in _TRUE, region, np.zeros((0, 4)), line, extra)
     if not labels:
         raise EvaluationError(f"{path}: no label rows after the header")
     return list(labels.values())
@@ -138,10 +147,12 @@ def read_study_labels(path: str | Path) -> list[LabelRow]:
 def read_study_cases(predictions: str | Path, labels: str | Path, rule: str | None = None) -> StudyCases:
     """Both files read and matched (studies whose row is an error are excluded and reported)."""
     rows, used, rescored = read_study_predictions(predictions, rule)
-    matched = match(rows, read_study_labels(labels))
+    label_rows = read_study_labels(labels)
+    matched = match(rows, label_rows)
     if not matched.cases:
         raise EvaluationError(f'no labelled study of {labels} matched an "ok" study row of {predictions}')
-    return StudyCases(matched, used, rescored)
+    unused = sorted({name for row in label_rows for name in row.columns})
+    return StudyCases(matched, used, rescored, tuple(unused))
 
 
 def study_decisions(cases: list[Case], thresholds: Thresholds | None) -> NDArray[np.bool_]:

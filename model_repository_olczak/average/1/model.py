@@ -1,0 +1,1 @@
+from fracscan.triton_models import AverageModel as TritonPythonModel  # noqa: F401

@@ -1,0 +1,1 @@
+from fracscan.triton_models import StudyModel as TritonPythonModel  # noqa: F401

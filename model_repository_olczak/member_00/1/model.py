@@ -1,0 +1,1 @@
+from fracscan.triton_models import MemberModel as TritonPythonModel  # noqa: F401

@@ -1,0 +1,1 @@
+from fracscan.triton_models import NormalizeModel as TritonPythonModel  # noqa: F401

@@ -1,0 +1,1 @@
+from fracscan.triton_models import PreprocessModel as TritonPythonModel  # noqa: F401

@@ -1,0 +1,1 @@
+from fracscan.triton_models import ThresholdModel as TritonPythonModel  # noqa: F401
