@@ -25,6 +25,7 @@ never answers costs one timeout per DOWN_SECONDS, not every other request.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -490,6 +491,15 @@ class ClientBase:
             "client_timeout": self.connect_timeout,
             **({"as_json": True} if as_json else {}),
         }
+
+    def _health_answer(self, ep: Endpoint, config: Any, **answers: Any) -> dict[str, Any]:
+        """One endpoint's health (`client.health.endpoint_info`); its config teaches the client the heads."""
+        from fracscan.client.health import endpoint_info  # here: client.health imports this module
+
+        if config is not None and self._heads is None:
+            with contextlib.suppress(FracScanError):  # a bad heads parameter fails predictions, not health
+                self._learn_heads(config)
+        return endpoint_info(ep, self.model, config=config, **answers)
 
     def _learn_heads(self, config: Any) -> HeadClasses:
         """Remember the heads named by the ensemble's config (read once per client: every URL serves one ensemble).

@@ -12,7 +12,7 @@ from typing import Any
 
 from fracscan.client._core import ClientBase, Endpoint, Request, log
 from fracscan.client.heads import HeadClasses
-from fracscan.client.health import down_info, endpoint_info, merge_infos, served_provenance
+from fracscan.client.health import down_info, merge_infos, served_provenance
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
 from fracscan.client.study import StudyPrediction, StudyRequest, read_views
@@ -156,18 +156,8 @@ class FracScanClient(ClientBase):
             config = client.get_model_config(self.model, **as_json) if model_ready else None
         except Exception:  # grpc raises for a model the server does not know
             model_ready, config = False, None
-        if config is not None and self._heads is None:
-            with contextlib.suppress(FracScanError):  # a bad heads parameter fails predictions, not health
-                self._learn_heads(config)
-        return endpoint_info(
-            ep,
-            self.model,
-            live=live,
-            ready=ready,
-            metadata=metadata,
-            index=index,
-            model_ready=model_ready,
-            config=config,
+        return self._health_answer(
+            ep, config, live=live, ready=ready, metadata=metadata, index=index, model_ready=model_ready
         )
 
     # -- prediction --
