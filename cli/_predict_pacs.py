@@ -23,7 +23,7 @@ from fracscan.decode import sniff_kind
 from fracscan.provenance import Provenance
 
 if TYPE_CHECKING:
-    from fracscan.client.dicomweb import DicomWeb
+    from fracscan.pacs.dicomweb import DicomWeb
 
 PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")
 
@@ -130,7 +130,7 @@ class PacsScorer:
 def pacs_modules() -> tuple[ModuleType, ModuleType]:
     """The DICOMweb and result-writer modules, imported on first use: their libraries are the `pacs` extra."""
     try:
-        from fracscan.client import dicomweb, results
+        from fracscan.pacs import dicomweb, results
     except ImportError as exc:
         fail(f"--sr-dir and --dicomweb need the PACS extra ({exc.name} is missing): pip install 'fracscan[pacs]'")
     return dicomweb, results

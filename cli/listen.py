@@ -38,8 +38,8 @@ def listen(
     results are stored, so a restart finishes what was received. Runs until Ctrl-C or SIGTERM.
     """
     try:
-        from fracscan.client.dimse import Destination
-        from fracscan.client.listener import Listener, ListenerConfig
+        from fracscan.pacs.dimse import Destination
+        from fracscan.pacs.listener import Listener, ListenerConfig
     except ImportError as exc:
         fail(f"fracscan listen needs the PACS extra ({exc.name} is missing): pip install 'fracscan[pacs]'")
 

@@ -1,5 +1,5 @@
 """Boxes drawn on a radiograph as a person reviews it: one drawing for the CLI's PNG overlays and the
-Secondary Capture (`fracscan.client.results.sc`).
+Secondary Capture (`fracscan.pacs.sc`).
 
 Definite findings are drawn solid red, suspicious ones dashed orange (the two-level answer); the
 decision text sits at the top left. Pillow and numpy only, so a client-only install can draw.

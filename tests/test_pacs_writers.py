@@ -22,8 +22,9 @@ from conftest import EXAMPLES
 from pydicom.uid import generate_uid
 
 from fracscan.client import FracScanClient, overlay
-from fracscan.client.results import build_results, sc, skip_reason, uids, write_results
-from fracscan.client.results.context import ScoredImage
+from fracscan.pacs import sc, uids
+from fracscan.pacs.results import build_results, skip_reason, write_results
+from fracscan.pacs.context import ScoredImage
 from fracscan.provenance import Provenance
 
 PHI = {

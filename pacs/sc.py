@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from fracscan.client import overlay
-from fracscan.client.results import uids
-from fracscan.client.results.context import MANUFACTURER, ScoredImage
+from fracscan.pacs import uids
+from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "sc"
 SERIES_NUMBER = 9103

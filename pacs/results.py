@@ -1,6 +1,6 @@
 """Results back to the PACS: a TID 1500 SR, a GSPS and a Secondary Capture per scored DICOM image.
 
-    from fracscan.client.results import build_results
+    from fracscan.pacs.results import build_results
 
     datasets = build_results(dicom_bytes, prediction, client.provenance())   # [SR, GSPS, SC]
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from fracscan.client.models import Prediction
-from fracscan.client.results import gsps, sc, sr
-from fracscan.client.results.context import MANUFACTURER, Algorithm, ScoredImage
+from fracscan.pacs import gsps, sc, sr
+from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
 from fracscan.decode import DecodeError, check_dicom_image
 from fracscan.provenance import Provenance
 

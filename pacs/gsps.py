@@ -15,8 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 
-from fracscan.client.results import uids
-from fracscan.client.results.context import MANUFACTURER, ScoredImage
+from fracscan.pacs import uids
+from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "gsps"
 SERIES_NUMBER = 9102

@@ -1,7 +1,7 @@
 """DICOMweb in and out: WADO-RS retrieves a study's images, STOW-RS sends the results back.
 
     from fracscan.client import FracScanClient
-    from fracscan.client.dicomweb import DicomWeb, predict_study
+    from fracscan.pacs.dicomweb import DicomWeb, predict_study
 
     with FracScanClient(url) as client:
         for result in predict_study(client, DicomWeb("http://pacs/dicom-web"), study_uid, store=True):
@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from fracscan.client.models import FracScanError, Prediction, PredictionError
-from fracscan.client.results import MANUFACTURER, build_results, skip_reason
+from fracscan.pacs.results import MANUFACTURER, build_results, skip_reason
 from fracscan.client.sync import FracScanClient
 
 LABEL_PREFIX = "dicomweb:"

@@ -15,8 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from fracscan.client.results import uids
-from fracscan.client.results.context import MANUFACTURER, ScoredImage
+from fracscan.pacs import uids
+from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "sr"
 SERIES_NUMBER = 9101
