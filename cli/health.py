@@ -13,7 +13,6 @@ import json
 import math
 import time
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import typer
@@ -21,6 +20,7 @@ from PIL import Image
 from rich.markup import escape
 from rich.table import Table
 
+from fracscan import contract as c
 from fracscan.cli.console import fail, out, show_provenance
 from fracscan.client import FracScanClient, FracScanError
 from fracscan.supervise import dead_stubs, listening_pid, tritonserver_pids
@@ -38,7 +38,7 @@ def probe_png(size: int = 64) -> bytes:
 def deep_check(url: str, timeout: float) -> dict[str, Any]:
     """Score probe_png() on each server of `url` (no retries): {url: latency_ms}; FracScanError if one fails."""
     latencies = {}
-    for one in (u.strip() for u in url.split(",") if u.strip()):
+    for one in c.split_urls(url):
         with FracScanClient(one, connect_timeout=timeout, timeout=timeout, retries=0) as client:
             started = time.perf_counter()
             score = client.predict(probe_png()).score
@@ -52,8 +52,8 @@ def local_dead_stubs(url: str) -> list[str]:
     """Problems with the local tritonserver listening on each URL's port: missing, or dead stubs (none: [])."""
     problems = []
     servers = tritonserver_pids()
-    for one in (u.strip() for u in url.split(",") if u.strip()):
-        port = urlsplit(one).port or (443 if one.startswith(("https", "grpcs")) else 8000)
+    for one in c.split_urls(url):
+        port = c.parse_server_url(one).port
         pid = listening_pid(port, servers)
         if pid is None:
             problems.append(f"{one}: no local tritonserver listens on port {port}")
@@ -66,7 +66,7 @@ def local_dead_stubs(url: str) -> list[str]:
 def health(
     url: Annotated[
         str, typer.Option(help="Server URL(s), comma-separated; http://, https://, grpc:// or grpcs://.")
-    ] = "http://localhost:8000",
+    ] = c.DEFAULT_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 5.0,
     deep: Annotated[

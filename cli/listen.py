@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from fracscan import contract as c
 from fracscan.cli.console import fail
 
 AE_TITLE_HELP = "Our AE title (what modalities and PACS call)."
@@ -18,7 +19,7 @@ def listen(
     ae_title: Annotated[str, typer.Option(help=AE_TITLE_HELP)] = "FRACSCAN",
     port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
-    url: Annotated[str, typer.Option(help="fracscan server URL(s), comma-separated.")] = "http://localhost:8000",
+    url: Annotated[str, typer.Option(help="fracscan server URL(s), comma-separated.")] = c.DEFAULT_URL,
     store_to: Annotated[
         str | None,
         typer.Option(help="Send SR / GSPS / SC here (AET@HOST:PORT); without it they are written to SPOOL/results."),

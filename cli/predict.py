@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fracscan import contract as c
 from fracscan.cli._predict_output import (
     Writer,
     check_head_names,
@@ -48,7 +49,7 @@ def predict(
     ] = None,
     url: Annotated[
         str, typer.Option(help="Server URL(s), comma-separated; http://, https://, grpc:// or grpcs://.")
-    ] = "http://localhost:8000",
+    ] = c.DEFAULT_URL,
     region: Annotated[
         str | None, typer.Option(help="Anatomical region for every input (overrides DICOM tags).")
     ] = None,

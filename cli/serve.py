@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from fracscan import contract as c
 from fracscan import provenance
 from fracscan.cli.console import fail, note, show_provenance, warn
 from fracscan.server import DEMO_REPOSITORY, RESTRICTED_APIS, EmbeddedServer, ServerError
@@ -15,9 +16,9 @@ from fracscan.supervise import Stopped, Supervisor, stop_on_signals
 
 def serve(
     repository: Annotated[Path, typer.Option(help="Triton model repository to serve.")] = DEMO_REPOSITORY,
-    http_port: Annotated[int, typer.Option(help="HTTP/REST port (KServe v2).")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (KServe v2).")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port (KServe v2).")] = c.HTTP_PORT,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (KServe v2).")] = c.GRPC_PORT,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = c.METRICS_PORT,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for all interfaces).")] = "127.0.0.1",
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per member instance.")] = 1,
     log_file: Annotated[Path | None, typer.Option(help="Write the server log here.")] = None,

@@ -1,6 +1,6 @@
 """What the sync and async clients share, with no I/O of its own.
 
-- `Endpoint`, `parse_urls`, `Tls`: URL scheme -> protocol (http / grpc) and TLS settings;
+- `Tls`: TLS settings (URL syntax: `fracscan.contract.parse_server_url`; state per URL: `endpoints`);
 - `Router`, `RetryPolicy`, `Attempts`: round robin over the endpoints, fail-over, and retries
   with jittered exponential backoff (only for connection failures, 503 / UNAVAILABLE and
   queue-full / RESOURCE_EXHAUSTED: never for rejected input, never for timeouts);
@@ -37,13 +37,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
 
 from fracscan import contract as c
+from fracscan.client.endpoints import Endpoint, parse_urls
 from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
+from fracscan.client.health import endpoint_info
 from fracscan.client.models import (
     Box,
     FracScanConnectionError,
@@ -61,48 +62,6 @@ log = logging.getLogger("fracscan.client")
 
 OUTPUTS = c.ENSEMBLE_OUTPUT_NAMES
 DOWN_SECONDS = 5.0  # an endpoint that failed a connection or timed out is skipped this long
-
-# scheme -> (protocol, TLS, default port)
-SCHEMES = {
-    "http": ("http", False, 8000),
-    "https": ("http", True, 443),
-    "grpc": ("grpc", False, 8001),
-    "grpcs": ("grpc", True, 443),
-}
-
-
-# --- endpoints --------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Endpoint:
-    url: str  # as the user wrote it
-    protocol: str  # "http" or "grpc"
-    tls: bool
-    address: str  # host:port[/base-path], what tritonclient wants
-    down_until: float = 0.0  # time.monotonic() until which it is considered down
-
-    def is_down(self, now: float | None = None) -> bool:
-        return self.down_until > (time.monotonic() if now is None else now)
-
-
-def parse_urls(url: str | Sequence[str]) -> list[Endpoint]:
-    """One URL, a comma-separated string of URLs, or a sequence of them."""
-    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
-    if not urls:
-        raise ValueError("no server URL given")
-    endpoints = []
-    for u in urls:
-        parts = urlsplit(u)
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            raise ValueError(f"bad server URL {u!r}: expected http://, https://, grpc:// or grpcs://host[:port]")
-        protocol, tls, default_port = SCHEMES[parts.scheme]
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        path = parts.path.rstrip("/")
-        if path and protocol == "grpc":
-            raise ValueError(f"bad server URL {u!r}: a gRPC URL has no path")
-        endpoints.append(Endpoint(u, protocol, tls, f"{host}:{parts.port or default_port}{path}"))
-    return endpoints
 
 
 @dataclass(frozen=True)
@@ -381,7 +340,7 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str | Sequence[str] = "http://localhost:8000",
+        url: str | Sequence[str] = c.DEFAULT_URL,
         *,
         model: str = "fracscan",
         connect_timeout: float = 5.0,
@@ -494,8 +453,6 @@ class ClientBase:
 
     def _health_answer(self, ep: Endpoint, config: Any, **answers: Any) -> dict[str, Any]:
         """One endpoint's health (`client.health.endpoint_info`); its config teaches the client the heads."""
-        from fracscan.client.health import endpoint_info  # here: client.health imports this module
-
         if config is not None and self._heads is None:
             with contextlib.suppress(FracScanError):  # a bad heads parameter fails predictions, not health
                 self._learn_heads(config)

@@ -11,7 +11,7 @@ from typing import Any
 
 from fracscan import contract as c
 from fracscan import provenance
-from fracscan.client._core import Endpoint
+from fracscan.client.endpoints import Endpoint
 from fracscan.client.heads import heads_from_parameters
 from fracscan.client.models import FracScanConnectionError, FracScanError
 

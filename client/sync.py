@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fracscan.client._core import ClientBase, Endpoint, Request, log
+from fracscan.client._core import ClientBase, Request, log
+from fracscan.client.endpoints import Endpoint
 from fracscan.client.heads import HeadClasses
 from fracscan.client.health import down_info, merge_infos, served_provenance
 from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError

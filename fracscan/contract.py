@@ -36,10 +36,59 @@ study answer with `STUDY_` and its per-view answers with `VIEW_`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 Datatype = Literal["BYTES", "FP32", "BOOL", "INT32"]
+
+# --- server URLs: scheme -> protocol, TLS and the default port (KServe v2 over HTTP or gRPC) ---
+HTTP_PORT = 8000  # tritonserver's defaults, which `fracscan serve` keeps
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+URL_SCHEMES: dict[str, tuple[str, bool, int]] = {
+    "http": ("http", False, HTTP_PORT),
+    "https": ("http", True, 443),
+    "grpc": ("grpc", False, GRPC_PORT),
+    "grpcs": ("grpc", True, 443),
+}
+DEFAULT_URL = f"http://localhost:{HTTP_PORT}"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """One server URL as the transports need it: `address` is host:port[/base-path] (tritonclient's form)."""
+
+    url: str  # as the user wrote it
+    protocol: str  # "http" or "grpc"
+    tls: bool
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}{self.path}"
+
+
+def split_urls(url: str | Sequence[str]) -> list[str]:
+    """One URL, a comma-separated string of URLs, or a sequence of them -> the non-empty URLs."""
+    return [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
+
+
+def parse_server_url(url: str) -> ServerAddress:
+    """`http://host[:port][/path]`, `https://`, `grpc://host[:port]`, `grpcs://`; the port defaults per scheme."""
+    parts = urlsplit(url)
+    if parts.scheme not in URL_SCHEMES or not parts.hostname:
+        raise ValueError(f"bad server URL {url!r}: expected http://, https://, grpc:// or grpcs://host[:port]")
+    protocol, tls, default_port = URL_SCHEMES[parts.scheme]
+    path = parts.path.rstrip("/")
+    if path and protocol == "grpc":
+        raise ValueError(f"bad server URL {url!r}: a gRPC URL has no path")
+    return ServerAddress(url, protocol, tls, parts.hostname, parts.port or default_port, path)
+
 
 # --- model and file names ---
 ENSEMBLE_MODEL = "fracscan"

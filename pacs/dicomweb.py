@@ -27,8 +27,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from fracscan.client.models import FracScanError, Prediction, PredictionError
-from fracscan.pacs.results import MANUFACTURER, build_results, skip_reason
 from fracscan.client.sync import FracScanClient
+from fracscan.pacs.results import MANUFACTURER, build_results, skip_reason
 
 LABEL_PREFIX = "dicomweb:"
 SOP_CLASS_TAG, STUDY_TAG, SERIES_TAG, SOP_TAG = "00080016", "0020000D", "0020000E", "00080018"

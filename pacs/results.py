@@ -18,9 +18,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from fracscan.client.models import Prediction
+from fracscan.decode import DecodeError, check_dicom_image
 from fracscan.pacs import gsps, sc, sr
 from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
-from fracscan.decode import DecodeError, check_dicom_image
 from fracscan.provenance import Provenance
 
 ResultWriter = Callable[[ScoredImage], Dataset]

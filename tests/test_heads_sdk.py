@@ -27,7 +27,8 @@ from fracscan.cli import _predict_output as output
 from fracscan.cli import predict as predict_module
 from fracscan.cli.console import OutputFormat
 from fracscan.client import AsyncFracScanClient, FracScanClient, HeadResult, Prediction, PredictionError
-from fracscan.client._core import Endpoint, Request, parse_result
+from fracscan.client._core import Request, parse_result
+from fracscan.client.endpoints import Endpoint
 from fracscan.client.heads import head_output_names, heads_from_config, heads_from_parameters
 from fracscan.client.health import endpoint_info
 from fracscan.client.sources import Payload

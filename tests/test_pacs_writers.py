@@ -23,8 +23,8 @@ from pydicom.uid import generate_uid
 
 from fracscan.client import FracScanClient, overlay
 from fracscan.pacs import sc, uids
-from fracscan.pacs.results import build_results, skip_reason, write_results
 from fracscan.pacs.context import ScoredImage
+from fracscan.pacs.results import build_results, skip_reason, write_results
 from fracscan.provenance import Provenance
 
 PHI = {
