@@ -41,13 +41,17 @@ test: $(VENV)/.test
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow and not torch"
 
-# ruff (lint + format check) over the tree, mypy (strict on the core and the SDK: see pyproject.toml).
+# ruff (lint + format check) over the tree; mypy (see pyproject.toml for where it is strict) and
+# import-linter (the layers of docs/architecture.md, no cycles) over a tree of links that mirrors the
+# installed layout (client/ is fracscan.client, ...), since neither tool reads setuptools' package-dir.
+WINGS := client pacs cli export demo
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	@tree=$$(mktemp -d) && mkdir $$tree/fracscan && ln -s $(CURDIR)/fracscan/* $$tree/fracscan/ \
-	  && ln -s $(CURDIR)/client $$tree/fracscan/client \
-	  && (cd $$tree && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p fracscan); \
+	  && for wing in $(WINGS); do ln -s $(CURDIR)/$$wing $$tree/fracscan/$$wing; done \
+	  && (cd $$tree && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p fracscan \
+	      && PYTHONPATH=$$tree $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml); \
 	  status=$$?; rm -rf $$tree; exit $$status
 
 bench: $(VENV)/.test

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ import typer
 from pydicom.errors import InvalidDicomError
 from rich.console import Console
 
+from fracscan.atomic import atomic_write_bytes
 from fracscan.cli._predict_output import Writer, printable, result_row
 from fracscan.cli.console import OutputFormat, fail, failed_input, note, out, show_provenance
 from fracscan.client import (
@@ -124,12 +123,7 @@ def drop_rows_of(output: Path, studies: list[Study]) -> None:
     if lines and not lines[-1].endswith(b"\n"):
         lines.pop()
     kept = [line for line in lines if not stale(line)]
-    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", delete=False) as tmp:
-        tmp.writelines(kept)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    shutil.copymode(output, tmp.name)
-    os.replace(tmp.name, output)  # atomic: an interrupted resume leaves the old file or the new one
+    atomic_write_bytes(output, b"".join(kept))  # an interrupted resume leaves the old file or the new one
 
 
 def view_row(view: ViewPrediction | PredictionError, study: Study) -> dict[str, Any]:

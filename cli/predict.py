@@ -9,9 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fracscan import contract as c
+from fracscan.atomic import atomic_write_bytes
 from fracscan.cli._predict_output import (
     Writer,
     check_head_names,
@@ -240,12 +239,7 @@ def drop_stale_errors(output: Path, retried: set[str]) -> None:
     kept = [line for line in lines if not _is_error_row_of(line, retried)]
     if len(kept) == len(lines) and data.endswith(b"\n"):
         return
-    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", delete=False) as tmp:
-        tmp.writelines(kept)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    shutil.copymode(output, tmp.name)
-    os.replace(tmp.name, output)
+    atomic_write_bytes(output, b"".join(kept))
 
 
 def _is_error_row_of(line: bytes, sources: set[str]) -> bool:

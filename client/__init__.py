@@ -14,20 +14,16 @@
 """
 
 from fracscan.client.aio import AsyncFracScanClient
-from fracscan.client.models import (
-    Box,
+from fracscan.client.errors import (
     ErrorKind,
     FracScanConnectionError,
     FracScanError,
     FracScanServerError,
     FracScanTimeout,
-    HeadResult,
     InputRejected,
     InvalidInput,
-    Prediction,
-    PredictionError,
-    RegionSource,
 )
+from fracscan.client.models import Box, HeadResult, Prediction, PredictionError, RegionSource
 from fracscan.client.sources import Source
 from fracscan.client.study import StudyPrediction, ViewPrediction
 from fracscan.client.sync import FracScanClient

@@ -43,18 +43,16 @@ from numpy.typing import NDArray
 
 from fracscan import contract as c
 from fracscan.client.endpoints import Endpoint, parse_urls
-from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
-from fracscan.client.health import endpoint_info
-from fracscan.client.models import (
-    Box,
+from fracscan.client.errors import (
     FracScanConnectionError,
     FracScanError,
     FracScanServerError,
     FracScanTimeout,
     InputRejected,
-    Prediction,
-    PredictionError,
 )
+from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
+from fracscan.client.health import endpoint_info
+from fracscan.client.models import Box, Prediction, PredictionError
 from fracscan.client.sources import Payload, source_label
 from fracscan.client.study import StudyPrediction, StudyRequest, parse_study_result
 

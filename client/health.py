@@ -12,8 +12,8 @@ from typing import Any
 from fracscan import contract as c
 from fracscan import provenance
 from fracscan.client.endpoints import Endpoint
+from fracscan.client.errors import FracScanConnectionError, FracScanError
 from fracscan.client.heads import heads_from_parameters
-from fracscan.client.models import FracScanConnectionError, FracScanError
 
 
 def endpoint_info(

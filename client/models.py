@@ -1,4 +1,4 @@
-"""What the SDK returns and raises: `Prediction`, `Box`, `PredictionError` and the exceptions.
+"""What the SDK returns: `Prediction`, `Box`, `HeadResult` and `PredictionError` (exceptions: `errors`).
 
 Messages name the input (a path, "<bytes>", "<array>" or "<dataset>") and the problem, never
 patient identifiers: the SDK reads UIDs from DICOM headers but no PatientName, PatientID or
@@ -8,65 +8,11 @@ birth date goes into a result, a message or a log line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from fracscan.client.errors import ErrorKind, FracScanError
 from fracscan.contract import Level as Level  # the SDK re-exports both
 from fracscan.contract import RegionSource as RegionSource
-
-ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
-
-
-# --- exceptions ----------------------------------------------------------------------------
-
-
-class FracScanError(Exception):
-    """Base of every SDK error. `str(exc)` is "<source>: <reason>" when the error concerns one input."""
-
-    kind: ClassVar[ErrorKind] = "server"
-    retryable: bool = False
-
-    def __init__(self, reason: str, *, source: str | None = None, url: str | None = None):
-        self.reason = reason
-        self.source = source
-        self.url = url
-        super().__init__(f"{source}: {reason}" if source else reason)
-
-
-class FracScanConnectionError(FracScanError, ConnectionError):
-    """No connection to the server (refused, reset, unreachable, connect timeout, not ready)."""
-
-    kind = "connection"
-    retryable = True
-
-
-class FracScanTimeout(FracScanError, TimeoutError):
-    """Connected, but no answer within the client's `timeout` (not retried: the server may still be busy with it)."""
-
-    kind = "timeout"
-
-
-class InputRejected(FracScanError, ValueError):
-    """The server refused the input (HTTP 400 / gRPC INVALID_ARGUMENT); the reason is the server's message."""
-
-    kind: ClassVar[ErrorKind] = "rejected"  # ErrorKind, not Literal["rejected"]: InvalidInput says "input"
-
-
-class InvalidInput(InputRejected):
-    """The client-side checks refused the input before sending it (missing file, unknown format, DICOM without pixels...)."""
-
-    kind = "input"
-
-
-class FracScanServerError(FracScanError):
-    """The server failed (HTTP 5xx / gRPC INTERNAL, ...). `status` is the HTTP code or gRPC status name."""
-
-    kind = "server"
-
-    def __init__(self, reason: str, *, status: str | None = None, retryable: bool = False, **kw: Any):
-        super().__init__(reason, **kw)
-        self.status = status
-        self.retryable = retryable  # 503 / UNAVAILABLE / queue full: worth another try
-
 
 # --- results -------------------------------------------------------------------------------
 

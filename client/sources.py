@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
-from fracscan.client.models import InvalidInput
+from fracscan.client.errors import InvalidInput
 from fracscan.decode import DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids
 

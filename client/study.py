@@ -15,7 +15,8 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from fracscan import contract as c
-from fracscan.client.models import Box, FracScanError, InvalidInput, Level, PredictionError
+from fracscan.client.errors import FracScanError, InvalidInput
+from fracscan.client.models import Box, Level, PredictionError
 from fracscan.client.sources import Payload, Source, read_source, source_label
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from fracscan.client._core import ClientBase, Request, log
 from fracscan.client.endpoints import Endpoint
+from fracscan.client.errors import FracScanConnectionError, FracScanError
 from fracscan.client.heads import HeadClasses
 from fracscan.client.health import down_info, merge_infos, served_provenance
-from fracscan.client.models import FracScanConnectionError, FracScanError, Prediction, PredictionError
+from fracscan.client.models import Prediction, PredictionError
 from fracscan.client.sources import Source, read_source
 from fracscan.client.study import StudyPrediction, StudyRequest, read_views
 from fracscan.contract import STUDY_MODEL

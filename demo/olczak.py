@@ -144,7 +144,7 @@ def tuning_score(model, tune: Split, spec: EnsembleSpec) -> tuple[float, dict[st
 
 def _forward_with_map(model, aux: torch.nn.Module, image: torch.Tensor):
     """The member's logits (as `forward_logits`) and the auxiliary map's, from one pass."""
-    from fracscan.export.members import head_logits
+    from fracscan.export.member_parts import head_logits
 
     mid = model.features[:BLOCK4_END](model.to_rgb(model.select_input(image)))
     hidden = model.classifier(model.pooled(model.features[BLOCK4_END:](mid)).flatten(1))

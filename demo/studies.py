@@ -28,7 +28,7 @@ from fracscan.contract import STUDY_RULES, THRESHOLDS_FILE
 from fracscan.demo.inputs import npy_bytes
 from fracscan.demo.synthetic.studies import make_study
 from fracscan.evaluation import binary_metrics, calibrate
-from fracscan.evaluation.matching import Case
+from fracscan.evaluation.records import Case
 from fracscan.pipeline import ReferenceRunner
 from fracscan.postprocess import StudyThresholds, Thresholds
 from fracscan.study import aggregate, decide_study

@@ -113,14 +113,14 @@ def member_sources(spec: EnsembleSpec, random_init: bool = False) -> list[Member
 
 
 def _parity_inputs(size: int, channels: int) -> list[Any]:
-    """Small batches (1 and 2) of [channels, S, S]: noise and demo radiographs through the core pre-processing."""
+    """Small batches (1 and 2) of [channels, S, S]: noise and phantom radiographs through the core pre-processing."""
     import numpy as np
 
-    from fracscan.demo.inputs import synthetic_radiographs
+    from fracscan.export.phantoms import phantom_frames
 
     rng = np.random.default_rng(1)
     noise = rng.uniform(-1, 1, (1, channels, size, size)).astype(np.float32)
-    return [noise, synthetic_radiographs(2, size, seed=2, channels=channels)]
+    return [noise, phantom_frames(2, size, seed=2, channels=channels)]
 
 
 def _torch_member(spec: EnsembleSpec, index: int, source: MemberSource) -> Any:
@@ -131,14 +131,12 @@ def _torch_member(spec: EnsembleSpec, index: int, source: MemberSource) -> Any:
         return load_member(member, spec.source.parent if spec.source else None)
     import torch
 
-    from fracscan.demo.inputs import synthetic_radiographs
+    from fracscan.export.phantoms import phantom_frames
 
     torch.manual_seed(index)  # the same random member every time: the export is reusable
     model = build_member(member)
     # realistic BatchNorm statistics, so the random member's outputs are not all 0 or 1
-    images = torch.from_numpy(
-        synthetic_radiographs(2, spec.preprocess.size, seed=index, channels=member.pixel_channels)
-    )
+    images = torch.from_numpy(phantom_frames(2, spec.preprocess.size, seed=index, channels=member.pixel_channels))
     return calibrate_batchnorm(model, [images]).eval()
 
 

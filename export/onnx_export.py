@@ -18,12 +18,13 @@ import onnx
 import torch
 
 from fracscan import contract
-from fracscan.demo.inputs import synthetic_radiographs
 from fracscan.onnxrt import ort_session
 from fracscan.spec import MAP_STRIDE, VGG_STRIDE, MemberSpec
 
-from .members import SPP_GRIDS, Member
+from .drn import SPP_GRIDS
+from .members import Member
 from .onnx_check import DRN_MEMBER_OPS, member_ops
+from .phantoms import phantom_frames
 
 # What a fracscan DRN member without heads may contain: one home (onnx_check), beside the full TensorRT
 # list (BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not).
@@ -147,7 +148,7 @@ def export_member(model: Member, spec_member: MemberSpec, size: int, path: str |
 def check_parity(model: Member, onnx_path: str | Path, size: int, inputs=None, atol: float = 1e-4) -> float:
     """Max |ONNX Runtime - PyTorch| over all outputs (heads' probabilities included); ParityError above `atol`.
 
-    Default inputs: uniform noise and `synthetic_radiographs` (demo radiographs through the core
+    Default inputs: uniform noise and `phantom_frames` (phantom radiographs through the core
     pre-processing), each at batch 1 and 3, with the member's `pixel_channels`.
     """
     if inputs is None:
@@ -156,8 +157,8 @@ def check_parity(model: Member, onnx_path: str | Path, size: int, inputs=None, a
         inputs = [
             rng.uniform(-1, 1, (1, channels, size, size)).astype(np.float32),
             rng.uniform(-1, 1, (3, channels, size, size)).astype(np.float32),
-            synthetic_radiographs(1, size, seed=2, channels=channels),
-            synthetic_radiographs(3, size, seed=3, channels=channels),
+            phantom_frames(1, size, seed=2, channels=channels),
+            phantom_frames(3, size, seed=3, channels=channels),
         ]
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]

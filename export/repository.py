@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fracscan import contract as c
 from fracscan import provenance
+from fracscan.export.model_config import RepositoryOptions, config_text, parse_config
 from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.provenance import Provenance
 from fracscan.spec import EnsembleSpec, save_spec
@@ -47,22 +47,6 @@ _DATATYPES = {
 }
 
 _ADAPTER = "from fracscan.triton_models import {cls} as TritonPythonModel  # noqa: F401\n"
-
-
-@dataclass(frozen=True)
-class RepositoryOptions:
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = (4, 8)
-    max_queue_delay_us: int = 2000
-    preprocess_instances: int = 2  # decoding, crop, resize: the CPU-heavy python step (preprocess_instances_for)
-    member_instances: int = 1
-    study_instances: int = 2  # each waits on the ensemble for its views: two let studies overlap
-    gpu_instances: int = 1  # tensorrt / onnxruntime-on-GPU members
-    # tensorrt target only (fracscan.export.tensorrt.config): one engine file per compute capability,
-    # a model_warmup sample of `image` ("zero", "random" or "none"), optional CUDA graphs
-    trt_compute_capabilities: tuple[str, ...] = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
-    warmup: str = "zero"
-    cuda_graphs: bool = False
 
 
 def preprocess_instances_for(cpu_cores: int | None, target: Target) -> int:
@@ -293,15 +277,6 @@ def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenan
         output_map=_same(t.name for t in c.ensemble_outputs(members, heads)),
     )
     return cfg
-
-
-def config_text(cfg: mc.ModelConfig) -> str:
-    return text_format.MessageToString(cfg)
-
-
-def parse_config(text: str) -> mc.ModelConfig:
-    """Parse config.pbtxt text with Triton's model-config protobuf (raises on any error)."""
-    return text_format.Parse(text, mc.ModelConfig())
 
 
 def default_thresholds(spec: EnsembleSpec) -> Thresholds:

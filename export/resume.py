@@ -28,6 +28,7 @@ from typing import Any
 
 from fracscan import contract as c
 from fracscan import provenance
+from fracscan.atomic import atomic_write_text
 from fracscan.spec import EnsembleSpec
 
 TEMP_PREFIX = ".fracscan-tmp-"
@@ -105,14 +106,8 @@ def reusable(output: Path, index: int, key: str) -> MemberRecord | None:
     return record
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_record(output: Path, index: int, record: MemberRecord) -> None:
-    write_atomically(member_dir(output, index) / SIDECAR, json.dumps(record.to_json(), indent=2) + "\n")
+    atomic_write_text(member_dir(output, index) / SIDECAR, json.dumps(record.to_json(), indent=2) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ The layout is torchvision's, so an ImageNet-style VGG-16 state_dict maps 1:1 (fr
 torchvision's `classifier.6` (ImageNet's 1000 classes) is replaced by `score_head` Linear(4096 -> 1)
 (sigmoid: `score`) and one `heads.<name>` Linear(4096 -> K) per classification head (softmax:
 `head_<name>`). A `width` multiplier scales every channel count and the 4096 hidden units by
-`fracscan.export.members.scale_channels` (1.0 is the paper's network; the demo uses 1/16, width = 0.0625).
+`fracscan.export.member_parts.scale_channels` (1.0 is the paper's network; the demo uses 1/16, width = 0.0625).
 
 The member reads the same pre-processed input as every member, `image` [B, pixel_channels, S, S] in
 [-1, 1], takes its one channel (plain, or LCN where the spec has it), and replicates it to R = G = B
@@ -34,7 +34,7 @@ from torch import nn
 from fracscan import contract
 from fracscan.spec import VGG_STRIDE, MemberSpec
 
-from .members import (
+from .member_parts import (
     check_channels,
     head_layers,
     head_logits,

@@ -26,7 +26,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from fracscan.client.models import FracScanError, Prediction, PredictionError
+from fracscan.client.errors import FracScanError
+from fracscan.client.models import Prediction, PredictionError
 from fracscan.client.sync import FracScanClient
 from fracscan.pacs.results import MANUFACTURER, build_results, skip_reason
 

@@ -27,7 +27,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time: mypy cannot see it
 
-from fracscan.client.models import FracScanError, InputRejected, Prediction
+from fracscan.client.errors import FracScanError, InputRejected
+from fracscan.client.models import Prediction
 from fracscan.client.sync import FracScanClient
 from fracscan.pacs.dimse import Destination, StoreFailed, store_datasets
 from fracscan.pacs.results import build_results, skip_reason, write_results

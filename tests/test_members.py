@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from fracscan.demo.inputs import synthetic_radiographs
+from fracscan.export.drn import CHANNELS, drn_backbone
 from fracscan.export.flops import main as flops_main
 from fracscan.export.flops import member_cost
+from fracscan.export.member_parts import scale_channels
 from fracscan.export.members import (
-    CHANNELS,
     CheckpointMismatchError,
     build_member,
     calibrate_batchnorm,
     count_parameters,
-    drn_backbone,
     load_member,
-    scale_channels,
 )
 from fracscan.export.onnx_export import ParityError, check_parity, export_member
 from fracscan.spec import builtin_spec_path, load_spec

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fracscan import contract
-from fracscan.export.tensorrt.atomic import atomic_copy
+from fracscan.atomic import atomic_copy
 from fracscan.export.tensorrt.builders import EngineBuilder
 from fracscan.export.tensorrt.cache import (
     BatchProfile,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from fracscan.export.tensorrt.atomic import atomic_write_bytes
+from fracscan.atomic import atomic_write_bytes
 from fracscan.export.tensorrt.cache import BuildOptions
 from fracscan.export.tensorrt.config import INPUT_NAME, MemberInfo, cc_tag
 from fracscan.export.tensorrt.errors import BuilderUnavailable, EngineBuildError

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fracscan.export.tensorrt.atomic import atomic_write_bytes
+from fracscan.atomic import atomic_write_bytes
 from fracscan.export.tensorrt.config import INPUT_NAME, cc_tag
 
 PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")

@@ -17,12 +17,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fracscan import contract
-from fracscan.export.repository import parse_config
-from fracscan.export.tensorrt.atomic import atomic_write_bytes
+from fracscan.atomic import atomic_write_bytes
+from fracscan.export.model_config import RepositoryOptions, parse_config
 from fracscan.export.tensorrt.errors import EngineBuildError
 
 if TYPE_CHECKING:
-    from fracscan.export.repository import RepositoryOptions
     from fracscan.spec import EnsembleSpec
 
 INPUT_NAME = contract.MEMBER_INPUT
@@ -126,7 +125,7 @@ class MemberInfo:
 
 
 def _read_config(path: Path) -> mc.ModelConfig:
-    """`repository.parse_config` on a file, with the file named in the error."""
+    """`model_config.parse_config` on a file, with the file named in the error."""
     try:
         return parse_config(path.read_text())
     except (OSError, text_format.ParseError) as exc:

@@ -5,13 +5,15 @@ Inputs are the predictions written by `fracscan predict --format jsonl` and a la
 (`fracscan.cli.calibrate`, `fracscan.cli.evaluate`) are thin wrappers over this package.
 One file a job:
 
-* `records`     reading and validating the two inputs (`PredictionRow`, `LabelRow`, `EvaluationError`).
-* `matching`    pairing labels with predictions (`Case`, `Matched`, `match`, `read_labelled`).
+* `records`     reading and validating the two inputs (`PredictionRow`, `LabelRow`, `EvaluationError`) and
+                what pairing them yields (`Case`, `Matched`).
+* `matching`    pairing labels with predictions (`match`, `read_labelled`).
+* `statistics`  the leaf every figure is built from: AUC, ROC, Wilson intervals, confusion matrices and
+                Cohen's kappa of any number of classes, bootstrap percentile intervals.
 * `rules`       the threshold rules: score order statistics, IoU, box hits.
 * `calibration` per-region operating points as the core's `Thresholds` (`calibrate` ->
                 `CalibrationResult`), the map-threshold recheck, what a calibration achieves.
-* `metrics`     AUC, ROC, Wilson and bootstrap CIs, Cohen's kappa from a confusion matrix of any number of
-                classes (`cohen_kappa`), per-region reports (`evaluate`), where the
+* `metrics`     the paper's figures with their CIs per region (`binary_metrics`, `evaluate`), where the
                 boxes land (`localisation`: top-box IoU rate, box sensitivity).
 * `heads`       classification heads (Olczak et al. 2017): their labels checked against the classes,
                 accuracy and Cohen's kappa per head (`head_report` of two label lists, `evaluate_heads`).
@@ -30,23 +32,18 @@ from fracscan.evaluation.calibration import (
     recheck_map_thresholds,
 )
 from fracscan.evaluation.heads import check_head_labels, evaluate_heads, head_classes, head_report
-from fracscan.evaluation.matching import Case, Labelled, Matched, file_name, match, model_identity, read_labelled
-from fracscan.evaluation.metrics import (
-    auc,
-    binary_metrics,
-    cohen_kappa,
-    confusion_matrix,
-    decisions_for,
-    evaluate,
-    kappa_from_confusion,
-    localisation,
-    percentile_interval,
-    rng_for,
-    roc_curve,
-    wilson_interval,
-)
+from fracscan.evaluation.matching import Labelled, file_name, match, model_identity, read_labelled
+from fracscan.evaluation.metrics import binary_metrics, decisions_for, evaluate, localisation
 from fracscan.evaluation.plots import plot_roc
-from fracscan.evaluation.records import EvaluationError, LabelRow, PredictionRow, read_labels, read_predictions
+from fracscan.evaluation.records import (
+    Case,
+    EvaluationError,
+    LabelRow,
+    Matched,
+    PredictionRow,
+    read_labels,
+    read_predictions,
+)
 from fracscan.evaluation.rules import (
     IOU_HIT,
     box_hit_confidences,
@@ -56,6 +53,16 @@ from fracscan.evaluation.rules import (
     sensitivity_threshold,
     specificity_threshold,
     top_box_hit,
+)
+from fracscan.evaluation.statistics import (
+    auc,
+    cohen_kappa,
+    confusion_matrix,
+    kappa_from_confusion,
+    percentile_interval,
+    rng_for,
+    roc_curve,
+    wilson_interval,
 )
 
 __all__ = [

@@ -19,8 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fracscan.contract import UNKNOWN_REGION
-from fracscan.evaluation.matching import Case
-from fracscan.evaluation.records import EvaluationError
+from fracscan.evaluation.records import Case, EvaluationError
 from fracscan.evaluation.rules import (
     IOU_HIT,
     box_hits,

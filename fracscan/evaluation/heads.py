@@ -1,7 +1,7 @@
 """Classification heads (Olczak et al. 2017): accuracy and Cohen's kappa per head, as the paper reports.
 
 `head_report` measures one head over two label lists (what the Olczak demo reports too); `evaluate_heads`
-applies it to the matched cases. The kappa is `metrics.cohen_kappa`, the one the fracture decisions use.
+applies it to the matched cases. The kappa is `statistics.cohen_kappa`, the one the fracture decisions use.
 
 The predictions name each head and its classes (`<head>`, `<head>_probs` in `fracscan predict`'s
 JSONL); a labels CSV column named like a head holds that head's labels, one class name a row. A row
@@ -14,12 +14,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fracscan.evaluation.records import EvaluationError, LabelRow, PredictionRow
-
-if TYPE_CHECKING:
-    from fracscan.evaluation.matching import Case
+from fracscan.evaluation.records import Case, EvaluationError, LabelRow, PredictionRow
+from fracscan.evaluation.statistics import cohen_kappa, confusion_matrix, wilson_interval
 
 HeadClasses = dict[str, tuple[str, ...]]
 
@@ -88,9 +86,6 @@ def head_report(truth: Sequence[str], predicted: Sequence[str], classes: Sequenc
     """One head over two label lists (the truth, the predicted class): the classes, n, correct, accuracy
     (Wilson 95% CI), Cohen's kappa and the confusion counts (rows: the truth, columns: the prediction, both
     in the classes' order); accuracy and kappa None when undefined. ValueError for a value not a class."""
-    # imported here: metrics imports matching, which imports this module
-    from fracscan.evaluation.metrics import cohen_kappa, confusion_matrix, wilson_interval
-
     confusion = confusion_matrix(truth, predicted, classes)
     n, correct = int(confusion.sum()), int(confusion.trace())
     interval = wilson_interval(correct, n)

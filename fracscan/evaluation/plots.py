@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fracscan.evaluation.matching import Case
-from fracscan.evaluation.metrics import auc, roc_curve
+from fracscan.evaluation.records import Case
+from fracscan.evaluation.statistics import auc, roc_curve
 
 
 def plot_roc(

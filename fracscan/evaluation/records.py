@@ -295,3 +295,82 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
         for s, e in merged.items()
     ]
     return labels, has_boxes
+
+
+# --- what matching labels to predictions yields (evaluation.matching), read by every metric ---
+
+SHOW = 5  # how many names a report lists
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled radiograph with an "ok" prediction."""
+
+    source: str
+    region: str  # the label's region when given, else the predicted one
+    label: bool
+    score: float
+    predicted: bool | None  # the `fracture` field of the prediction
+    pred_boxes: NDArray[np.float64]  # [K, 5]
+    label_boxes: NDArray[np.float64]  # [B, 4]
+    heads: dict[str, tuple[str, str]] = field(default_factory=dict)  # head -> (label, predicted class)
+
+
+@dataclass
+class Matched:
+    cases: list[Case]
+    by_source: int = 0
+    by_name: int = 0
+    missing: list[str] = field(default_factory=list)  # labelled, no prediction
+    unlabelled: list[str] = field(default_factory=list)  # predicted, no label
+    errors: list[str] = field(default_factory=list)  # labelled, prediction status "error": excluded
+    ambiguous: list[str] = field(default_factory=list)  # label whose file name fits several predictions
+    region_overrides: int = 0  # cases whose label region differs from the predicted one
+
+    @property
+    def mode(self) -> str:
+        if self.by_name and self.by_source:
+            return "source and file name"
+        return "file name" if self.by_name else "source"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "matched": len(self.cases) + len(self.errors),
+            "by": self.mode,
+            "by_source": self.by_source,
+            "by_file_name": self.by_name,
+            "excluded_errors": len(self.errors),
+            "labels_without_prediction": len(self.missing),
+            "predictions_without_label": len(self.unlabelled),
+            "ambiguous_file_names": len(self.ambiguous),
+        }
+
+    def report(self) -> list[str]:
+        """Human-readable lines about everything that was not matched one-to-one."""
+
+        def names(items: list[str]) -> str:
+            shown = ", ".join(items[:SHOW])
+            return shown + (f", ... ({len(items) - SHOW} more)" if len(items) > SHOW else "")
+
+        total = len(self.cases) + len(self.errors)
+        lines = [
+            f"matched {total} labelled radiographs to predictions by {self.mode}"
+            + (
+                f" ({self.by_source} by exact source, {self.by_name} by file name)"
+                if self.by_name and self.by_source
+                else ""
+            )
+        ]
+        if self.errors:
+            lines.append(f'excluded {len(self.errors)} with prediction status "error": {names(self.errors)}')
+        if self.missing:
+            lines.append(f"{len(self.missing)} labelled sources have no prediction: {names(self.missing)}")
+        if self.ambiguous:
+            lines.append(
+                f"{len(self.ambiguous)} labelled sources match several predictions by file name, not used: {names(self.ambiguous)}"
+            )
+        if self.unlabelled:
+            lines.append(f"{len(self.unlabelled)} predictions have no label: {names(self.unlabelled)}")
+        if self.region_overrides:
+            lines.append(f"{self.region_overrides} radiographs use the label's region instead of the predicted one")
+        return lines

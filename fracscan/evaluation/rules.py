@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fracscan.evaluation.matching import Case
+from fracscan.evaluation.records import Case
 
 IOU_HIT = 0.3  # a labelled box is "hit" by a predicted box with IoU >= this
 

@@ -21,8 +21,17 @@ from numpy.typing import NDArray
 
 from fracscan.contract import DEFAULT_STUDY_RULE, STUDY_RULES, UNKNOWN_REGION
 from fracscan.evaluation.calibration import CalibrationResult, calibrate
-from fracscan.evaluation.matching import Case, Matched, match
-from fracscan.evaluation.records import _FALSE, _TRUE, EvaluationError, LabelRow, PredictionRow, _norm_region
+from fracscan.evaluation.matching import match
+from fracscan.evaluation.records import (
+    _FALSE,
+    _TRUE,
+    Case,
+    EvaluationError,
+    LabelRow,
+    Matched,
+    PredictionRow,
+    _norm_region,
+)
 from fracscan.postprocess import StudyThresholds, Thresholds
 from fracscan.study import aggregate
 
