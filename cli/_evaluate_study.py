@@ -13,7 +13,7 @@ from fracscan import evaluation as ev
 from fracscan.cli.console import fail, note, warn
 from fracscan.contract import THRESHOLDS_FILE
 from fracscan.evaluation import studies
-from fracscan.postprocess import Thresholds, ThresholdsError
+from fracscan.thresholds import Thresholds, ThresholdsError
 
 
 def study_cases(predictions: Path, labels: Path, rule: str | None) -> studies.StudyCases:

@@ -19,7 +19,7 @@ import pydicom
 
 from fracscan.cli.console import fail, note, warn
 from fracscan.client import FracScanClient, Prediction, PredictionError
-from fracscan.decode import sniff_kind
+from fracscan.decode import SNIFF_BYTES, sniff_kind
 from fracscan.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class PacsScorer:
         except OSError as exc:
             warn(f"no SR for {prediction.source}: {exc.strerror or exc}")
             return
-        if sniff_kind(data[:132]) != "dicom":
+        if sniff_kind(data[:SNIFF_BYTES]) != "dicom":
             note(f"--sr-dir: {prediction.source} is not DICOM; no SR, GSPS or SC for it")
             return
         self._write(data, prediction)

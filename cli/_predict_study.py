@@ -38,7 +38,7 @@ from fracscan.client import (
     StudyPrediction,
     ViewPrediction,
 )
-from fracscan.decode import sniff_kind
+from fracscan.decode import SNIFF_BYTES, sniff_kind
 
 STUDY_KIND, IMAGE_KIND = "study", "image"
 
@@ -53,7 +53,7 @@ class Study:
 def _study_uid(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            if sniff_kind(f.read(132)) != "dicom":
+            if sniff_kind(f.read(SNIFF_BYTES)) != "dicom":
                 return None
         uid = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID")
     except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError):

@@ -18,8 +18,8 @@ from fracscan import evaluation as ev
 from fracscan.cli.console import err, fail, note, warn
 from fracscan.cli.evaluate import DASH, format_value, read_labelled
 from fracscan.contract import SPEC_FILE, THRESHOLDS_FILE
-from fracscan.postprocess import Thresholds, ThresholdsError
 from fracscan.spec import EnsembleSpec, SpecError, load_spec
+from fracscan.thresholds import TARGET_SENSITIVITY, Thresholds, ThresholdsError
 
 
 def calibrate(
@@ -29,7 +29,9 @@ def calibrate(
     labels: Annotated[
         Path, typer.Argument(help="Labels CSV: source,fracture[,region][,x0,y0,x1,y1].", show_default=False)
     ],
-    sensitivity: Annotated[float, typer.Option(help="Target sensitivity per region (the paper: 0.925).")] = 0.925,
+    sensitivity: Annotated[
+        float, typer.Option(help=f"Target sensitivity per region (the paper: {TARGET_SENSITIVITY}).")
+    ] = TARGET_SENSITIVITY,
     output: Annotated[Path, typer.Option("--output", "-o", help="thresholds.json to write.")] = Path(THRESHOLDS_FILE),
     min_positives: Annotated[
         int, typer.Option(help="Regions with fewer positives use the pooled fallback threshold.")

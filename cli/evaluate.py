@@ -22,7 +22,7 @@ from rich.table import Table
 from fracscan import evaluation as ev
 from fracscan.cli.console import OutputFormat, fail, note, warn
 from fracscan.evaluation import studies
-from fracscan.postprocess import Thresholds, ThresholdsError
+from fracscan.thresholds import Thresholds, ThresholdsError
 
 DASH = "—"
 FORMATS = (OutputFormat.table, OutputFormat.json)

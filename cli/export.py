@@ -57,7 +57,7 @@ def export(
     from fracscan import provenance
     from fracscan.export.build import build_repository  # torch only when a checkpoint must be exported
     from fracscan.export.repository import TARGETS, RepositoryOptions, preprocess_instances_for
-    from fracscan.postprocess import Thresholds, ThresholdsError
+    from fracscan.thresholds import Thresholds, ThresholdsError
 
     if target not in TARGETS:
         fail(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")

@@ -36,7 +36,7 @@ from fracscan.cli._predict_study import predict_studies
 from fracscan.cli.console import OutputFormat, err, fail, failed_input, note, out, show_provenance, warn
 from fracscan.client import FracScanClient, FracScanConnectionError, FracScanError, Prediction, PredictionError
 from fracscan.contract import QC_SEPARATOR
-from fracscan.decode import DecodeError, sniff_kind
+from fracscan.decode import SNIFF_BYTES, DecodeError, sniff_kind
 from fracscan.server import DEMO_REPOSITORY, EmbeddedServer, ServerError
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"}
@@ -201,7 +201,7 @@ def _looks_like_image(path: Path) -> bool:
         return True
     try:
         with open(path, "rb") as f:
-            return sniff_kind(f.read(132)) is not None
+            return sniff_kind(f.read(SNIFF_BYTES)) is not None
     except OSError:
         return False
 

@@ -21,12 +21,12 @@ import pydicom
 from numpy.typing import NDArray
 
 from fracscan.client.errors import InvalidInput
-from fracscan.decode import DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
+from fracscan.decode import SNIFF_BYTES, DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | NDArray[Any] | pydicom.Dataset
 
-HEAD_BYTES = 132  # enough to recognise every format (DICOM's magic ends at byte 132)
+HEAD_BYTES = SNIFF_BYTES  # enough to recognise every format
 UNRECOGNISED = "unrecognised image format: expected DICOM Part-10 (with 'DICM' preamble), PNG, JPEG, TIFF or .npy"
 
 
@@ -130,7 +130,7 @@ def _read_file(path: Path, label: str) -> bytes:
     """The file's bytes: its head first, and the rest only when the head is a known format.
 
     Opened without blocking and checked to be a regular file, so a FIFO or a device named as an
-    input is refused instead of hanging the run; a large file of another kind costs 132 bytes.
+    input is refused instead of hanging the run; a large file of another kind costs SNIFF_BYTES (132) bytes.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -50,9 +50,9 @@ from fracscan.export.members import build_member
 from fracscan.export.onnx_export import check_parity, export_member
 from fracscan.export.repository import write_repository
 from fracscan.pipeline import ReferenceRunner
-from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.preprocess import preprocess
 from fracscan.spec import MAP_STRIDE, EnsembleSpec, MemberSpec, builtin_spec_path, load_spec
+from fracscan.thresholds import TARGET_SENSITIVITY, OperatingPoint, Thresholds
 
 DEMO_DIR = Path(__file__).resolve().parent  # demo/: the spec and the build's report live here
 ROOT = DEMO_DIR.parent  # the checkout: model_repository/ and examples/ are beside demo/
@@ -370,7 +370,7 @@ def build_demo(
     matched = evaluation.match(evaluation.read_predictions(tune_pred), evaluation.read_labels(tune_labels)[0])
     calibration = evaluation.calibrate(
         matched.cases,
-        0.925,
+        TARGET_SENSITIVITY,
         min_positives=5,
         box_labels=True,
         definite_specificity=DEFINITE_SPECIFICITY,
@@ -383,7 +383,7 @@ def build_demo(
             predictions(ReferenceRunner(repository), tune, "tune"), tune, "tune", Path(tmp)
         )
         checked = evaluation.match(evaluation.read_predictions(pred), evaluation.read_labels(labels)[0]).cases
-    calibration = evaluation.recheck_map_thresholds(calibration, checked, 0.925, everything.map_threshold)
+    calibration = evaluation.recheck_map_thresholds(calibration, checked, TARGET_SENSITIVITY, everything.map_threshold)
     calibration.save(repository / contract.THRESHOLDS_FILE)
     thresholds = Thresholds.load(repository / contract.THRESHOLDS_FILE)
 

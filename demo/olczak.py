@@ -42,9 +42,9 @@ from fracscan.export.members import build_member
 from fracscan.export.onnx_export import check_parity, export_member
 from fracscan.export.repository import write_repository
 from fracscan.pipeline import ReferenceRunner
-from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.preprocess import preprocess_frame
 from fracscan.spec import MAP_STRIDE, EnsembleSpec, builtin_spec_path, load_spec
+from fracscan.thresholds import TARGET_SENSITIVITY, OperatingPoint, Thresholds
 
 DEMO_DIR = Path(__file__).resolve().parent
 ROOT = DEMO_DIR.parent
@@ -336,7 +336,7 @@ def build(
     matched = evaluation.match(evaluation.read_predictions(pred), evaluation.read_labels(labels)[0])
     provenance = {"spec": spec.name, "tuning_set": f"synthetic seeds {SEEDS['tune']}+{n_tune}", "demo": True}
     thresholds = evaluation.calibrate(
-        matched.cases, 0.925, min_positives=5, definite_specificity=0.95, provenance=provenance
+        matched.cases, TARGET_SENSITIVITY, min_positives=5, definite_specificity=0.95, provenance=provenance
     ).thresholds
     thresholds.save(repository / contract.THRESHOLDS_FILE)
     write_repository(spec, repository, "cpu", [onnx_path], Thresholds.load(repository / contract.THRESHOLDS_FILE))

@@ -30,8 +30,8 @@ from fracscan.demo.synthetic.studies import make_study
 from fracscan.evaluation import binary_metrics, calibrate
 from fracscan.evaluation.records import Case
 from fracscan.pipeline import ReferenceRunner
-from fracscan.postprocess import StudyThresholds, Thresholds
 from fracscan.study import aggregate, decide_study
+from fracscan.thresholds import StudyThresholds, Thresholds
 
 DEMO_DIR = Path(__file__).resolve().parent
 ROOT = DEMO_DIR.parent

@@ -28,8 +28,8 @@ from fracscan import contract as c
 from fracscan import provenance
 from fracscan.export import resume
 from fracscan.export.repository import RepositoryOptions, Target, write_repository
-from fracscan.postprocess import Thresholds
 from fracscan.spec import EnsembleSpec, load_spec
+from fracscan.thresholds import Thresholds, calibration_still_fits
 
 Report = Callable[[str], None]
 PARITY_ATOL = 1e-4
@@ -258,17 +258,19 @@ def choose_thresholds(
         return given
     if existing is not None and existing.record.calibrated:
         old = existing.spec
-        same_members = tuple(hashes) == existing.record.member_hashes
-        same_frame = old is not None and old.regions == spec.regions and old.preprocess == spec.preprocess
-        if same_members and same_frame:
+        changed = calibration_still_fits(
+            same_members=tuple(hashes) == existing.record.member_hashes,
+            same_regions=old is not None and old.regions == spec.regions,
+            same_preprocess=old is not None and old.preprocess == spec.preprocess,
+        )
+        if changed is None:
             report(
                 f"kept the calibrated {c.THRESHOLDS_FILE} in {output}: the members are unchanged "
                 "(same content hashes), and so are the regions and the pre-processing"
             )
             return Thresholds.load(output / c.THRESHOLDS_FILE)
-        what = "members" if not same_members else "regions or pre-processing"
         warn(
-            f"the {what} changed since {output / c.THRESHOLDS_FILE} was calibrated: those thresholds no longer "
+            f"the {changed} changed since {output / c.THRESHOLDS_FILE} was calibrated: those thresholds no longer "
             "fit, so uncalibrated ones (0.5) are written. Run `fracscan calibrate ... --repository "
             f"{output}` on tuning data, or pass --thresholds"
         )

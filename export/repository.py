@@ -31,9 +31,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from fracscan import contract as c
 from fracscan import provenance
 from fracscan.export.model_config import RepositoryOptions, config_text, parse_config
-from fracscan.postprocess import OperatingPoint, Thresholds
 from fracscan.provenance import Provenance
 from fracscan.spec import EnsembleSpec, save_spec
+from fracscan.thresholds import Thresholds, is_calibrated, uncalibrated
 
 Target = Literal["cpu", "onnxruntime", "tensorrt"]
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
@@ -279,12 +279,6 @@ def ensemble_config(spec: EnsembleSpec, opt: RepositoryOptions, record: Provenan
     return cfg
 
 
-def default_thresholds(spec: EnsembleSpec) -> Thresholds:
-    """Uncalibrated 0.5 everywhere: a placeholder until `fracscan calibrate` runs."""
-    point = OperatingPoint(0.5, 0.5)
-    return Thresholds({r: point for r in spec.regions}, point, {"calibrated": False, "spec": spec.name})
-
-
 def _write_ensemble(output: Path, spec: EnsembleSpec, options: RepositoryOptions, record: Provenance) -> Path:
     version = output / c.ENSEMBLE_MODEL / c.MODEL_VERSION
     version.mkdir(parents=True, exist_ok=True)
@@ -336,13 +330,13 @@ def write_repository(
     # The spec as served (member files live in the repository, so their source paths are dropped).
     served = replace(spec, members=tuple(replace(m, checkpoint=None, onnx=None) for m in spec.members))
     save_spec(served, output / c.SPEC_FILE)
-    thresholds = thresholds or default_thresholds(spec)
+    thresholds = thresholds or uncalibrated(spec.regions, spec.name)
     thresholds.save(output / c.THRESHOLDS_FILE)
     record = Provenance(
         spec=spec.name,
         demo=spec.demo,
         random_weights=random_weights,
-        calibrated=provenance.thresholds_calibrated(thresholds.provenance),
+        calibrated=is_calibrated(thresholds.provenance),
         member_hashes=tuple(hashes),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -45,6 +45,8 @@ __all__ = [
     "sniff_kind",
 ]
 
+DICOM_PREAMBLE = 128  # a Part-10 file: 128 bytes of preamble, then the magic "DICM"
+SNIFF_BYTES = DICOM_PREAMBLE + 4  # enough to recognise every container `sniff_kind` knows
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _FIRST_PIXEL_TAG = 0x7FE00008  # FloatPixelData; DoubleFloatPixelData and PixelData follow
 # The elements before the pixel data of a deflated DICOM are inflated up to this size to read the
@@ -202,7 +204,7 @@ class DecodedImage:
 
 def sniff_kind(data: bytes) -> str | None:
     """Recognise the container by its magic bytes (not by file name)."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if len(data) >= SNIFF_BYTES and data[DICOM_PREAMBLE:SNIFF_BYTES] == b"DICM":
         return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -481,16 +483,16 @@ def _unbase64(data: bytes) -> bytes | None:
         raw = base64.b64decode(bytes(data).strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if sniff_kind(raw[:132]) else None
+    return raw if sniff_kind(raw[:SNIFF_BYTES]) else None
 
 
 def decode_image(data: bytes) -> DecodedImage:
     """Decode encoded image bytes (or their base64 text); raise DecodeError naming the problem."""
     if not data:
         raise DecodeError("empty input: no bytes were sent")
-    kind = sniff_kind(bytes(data[:132]))
+    kind = sniff_kind(bytes(data[:SNIFF_BYTES]))
     if kind is None and (raw := _unbase64(data)) is not None:
-        data, kind = raw, sniff_kind(raw[:132])
+        data, kind = raw, sniff_kind(raw[:SNIFF_BYTES])
     if kind == "dicom":
         return _decode_dicom(bytes(data))
     if kind == "npy":

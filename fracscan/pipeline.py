@@ -23,9 +23,10 @@ from fracscan import contract
 from fracscan.decode import DecodeError, decode_image
 from fracscan.heads import HeadAnswer, average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
-from fracscan.postprocess import Decision, Thresholds, average_maps, average_scores, decide
+from fracscan.postprocess import Decision, average_maps, average_scores, decide
 from fracscan.preprocess import EmptyImageError, Geometry, normalize_frame, preprocess_frame
 from fracscan.spec import EnsembleSpec, load_spec
+from fracscan.thresholds import Thresholds
 
 
 class InputError(ValueError):

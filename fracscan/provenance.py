@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fracscan import contract
+from fracscan.thresholds import is_calibrated
 
 DEMO_NOTICE = "DEMO ensemble: small models trained on synthetic radiographs. Not for clinical use."
 RANDOM_NOTICE = "RANDOM WEIGHTS: the members are untrained (for sizing and load tests only). Not for clinical use."
@@ -83,11 +84,6 @@ class Provenance:
         return replace(self, calibrated=calibrated)
 
 
-def thresholds_calibrated(thresholds_provenance: dict[str, Any]) -> bool:
-    """A thresholds file is calibrated unless it says otherwise (export writes `calibrated: false`)."""
-    return bool(thresholds_provenance.get("calibrated", True))
-
-
 def read(repository: str | Path) -> Provenance:
     """The provenance of a repository on disk; the thresholds file has the last word on calibration."""
     repository = Path(repository)
@@ -102,7 +98,7 @@ def read(repository: str | Path) -> Provenance:
     thresholds = repository / contract.THRESHOLDS_FILE
     if thresholds.is_file():
         prov = json.loads(thresholds.read_text()).get("provenance") or {}
-        record = record.with_calibration(thresholds_calibrated(prov))
+        record = record.with_calibration(is_calibrated(prov))
     return record
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fracscan.contract import DEFAULT_STUDY_RULE, STUDY_RULES, UNKNOWN_REGION, Level
-from fracscan.postprocess import Thresholds, level_for
+from fracscan.postprocess import level_for
+from fracscan.thresholds import Thresholds
 
 
 class StudyError(ValueError):

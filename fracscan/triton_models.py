@@ -20,10 +20,11 @@ from fracscan import contract as c
 from fracscan.heads import average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
 from fracscan.pipeline import InputError, MemberOutputs, combine, normalize, prepare_frame, run_member_with_heads
-from fracscan.postprocess import Thresholds, decide
+from fracscan.postprocess import decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
 from fracscan.study import StudyError, decide_study
+from fracscan.thresholds import Thresholds
 
 
 def _error(step: str, exc: BaseException, invalid_input: bool) -> pb_utils.InferenceResponse:

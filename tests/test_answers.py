@@ -11,7 +11,8 @@ import tritonclient.http as httpclient
 from conftest import ROOT, example_files, synthetic_png
 
 from fracscan import contract as c
-from fracscan.postprocess import OperatingPoint, Thresholds, level_for
+from fracscan.postprocess import level_for
+from fracscan.thresholds import OperatingPoint, Thresholds
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from fracscan.decode import DecodeError, decode_image
-from fracscan.postprocess import OperatingPoint, Thresholds, ThresholdsError, decide, extract_boxes
+from fracscan.postprocess import decide, extract_boxes
 from fracscan.preprocess import EmptyImageError, Geometry, find_crop, preprocess
 from fracscan.spec import PreprocessSpec, SpecError, builtin_spec_path, load_spec, parse_spec
+from fracscan.thresholds import OperatingPoint, Thresholds, ThresholdsError
 
 SPEC = PreprocessSpec(size=256, lcn_sigma=4.0)
 

@@ -160,7 +160,7 @@ def test_committed_examples_are_labelled_and_scored(repository):
 def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     """The README's demo numbers: `fracscan evaluate` on the committed test-split predictions."""
     from fracscan.evaluation import IOU_HIT, decisions_for, evaluate, iou, match, read_labels, read_predictions
-    from fracscan.postprocess import Thresholds
+    from fracscan.thresholds import Thresholds
 
     demo = EXAMPLES.parent / "demo"
     report = json.loads((demo / "report.json").read_text())

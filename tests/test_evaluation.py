@@ -19,7 +19,7 @@ from fracscan.cli import calibrate as calibrate_module
 from fracscan.cli import evaluate as evaluate_module
 from fracscan.contract import CONFIG_FILE, ENSEMBLE_MODEL, PARAM_PROVENANCE
 from fracscan.export.repository import install_thresholds, parse_config
-from fracscan.postprocess import OperatingPoint, Thresholds
+from fracscan.thresholds import OperatingPoint, Thresholds
 
 # The two commands exactly as cli/app.py registers them (a test-local app keeps these tests
 # independent of the other commands' imports).

@@ -27,9 +27,9 @@ from fracscan.export.members import build_member  # noqa: E402
 from fracscan.export.onnx_export import export_member  # noqa: E402
 from fracscan.export.repository import install_thresholds, write_repository  # noqa: E402
 from fracscan.pipeline import ReferenceRunner, combine, prepare, run_member  # noqa: E402
-from fracscan.postprocess import OperatingPoint, Thresholds  # noqa: E402
 from fracscan.server import EmbeddedServer  # noqa: E402
 from fracscan.spec import builtin_spec_path, load_spec  # noqa: E402
+from fracscan.thresholds import OperatingPoint, Thresholds  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 from conftest import synthetic_png
 
-from fracscan.postprocess import OperatingPoint, StudyThresholds, Thresholds, ThresholdsError
 from fracscan.study import StudyError, aggregate, decide_study, study_region
+from fracscan.thresholds import OperatingPoint, StudyThresholds, Thresholds, ThresholdsError
 
 IMAGE_POINTS = Thresholds({"wrist": OperatingPoint(0.4, 0.5, 0.8)}, OperatingPoint(0.5, 0.5))
 STUDY_POINTS = StudyThresholds("noisy_or", {"wrist": OperatingPoint(0.7, 0.5, 0.9)}, OperatingPoint(0.6))

@@ -29,9 +29,7 @@ from fracscan.evaluation.rules import (
     sensitivity_threshold,
     specificity_threshold,
 )
-from fracscan.postprocess import OperatingPoint, Thresholds
-
-DEFAULT_MAP_THRESHOLD = OperatingPoint(0.5).map_threshold
+from fracscan.thresholds import DEFAULT_MAP_THRESHOLD, TARGET_SENSITIVITY, OperatingPoint, Thresholds
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def fit_by_region(cases: list[Case], thresholds: Thresholds) -> dict[str, Region
 
 def calibrate(
     cases: list[Case],
-    target_sensitivity: float = 0.925,
+    target_sensitivity: float = TARGET_SENSITIVITY,
     *,
     min_positives: int = 10,
     definite_specificity: float | None = None,

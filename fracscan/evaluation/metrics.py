@@ -25,7 +25,7 @@ from fracscan.evaluation.statistics import (
     rng_for,
     wilson_interval,
 )
-from fracscan.postprocess import Thresholds
+from fracscan.thresholds import Thresholds
 
 
 def _ratio(a: int, b: int) -> float | None:

@@ -32,8 +32,8 @@ from fracscan.evaluation.records import (
     PredictionRow,
     _norm_region,
 )
-from fracscan.postprocess import StudyThresholds, Thresholds
 from fracscan.study import aggregate
+from fracscan.thresholds import TARGET_SENSITIVITY, StudyThresholds, Thresholds
 
 STUDY_KIND = "study"  # the `kind` of a study row of `fracscan predict --by-study`
 STUDY_LABEL_COLUMNS = ("study", "fracture", "region")
@@ -181,7 +181,7 @@ def study_decisions(cases: list[Case], thresholds: Thresholds | None) -> NDArray
 def calibrate_studies(
     cases: StudyCases,
     current: Thresholds,
-    target_sensitivity: float = 0.925,
+    target_sensitivity: float = TARGET_SENSITIVITY,
     *,
     min_positives: int = 10,
     definite_specificity: float | None = None,
