@@ -6,7 +6,7 @@
   queue-full / RESOURCE_EXHAUSTED: never for rejected input, never for timeouts);
 - `Request`: the KServe v2 inputs and outputs of the `fracscan` ensemble;
 - `parse_result`: the response -> `Prediction`;
-- `map_error`: tritonclient / socket / aiohttp exceptions -> the SDK's exceptions;
+- `map_error` (from `transport_errors`): the transports' exceptions -> the SDK's, by type;
 - `ClientBase._learn_heads`: the served ensemble's classification heads, learned once from its config
   (`client.heads`); health answers -> `server_info()` live in `client.health`;
 - `ClientBase`: the constructor arguments and helpers of both clients.
@@ -26,11 +26,9 @@ never answers costs one timeout per DOWN_SECONDS, not every other request.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import logging
 import random
-import re
 import ssl
 import threading
 import time
@@ -48,13 +46,13 @@ from fracscan.client.errors import (
     FracScanError,
     FracScanServerError,
     FracScanTimeout,
-    InputRejected,
 )
 from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
 from fracscan.client.health import endpoint_info
 from fracscan.client.models import Box, Prediction, PredictionError
 from fracscan.client.sources import Payload, source_label
 from fracscan.client.study import StudyPrediction, StudyRequest, parse_study_result
+from fracscan.client.transport_errors import map_error
 
 log = logging.getLogger("fracscan.client")
 
@@ -266,68 +264,6 @@ def parse_result(
         heads=answers,
         qc=qc,
     )
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-RETRYABLE_STATUS = {"503", "429", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
-_GRPC_CONNECT = re.compile(r"failed to connect|connection refused|socket closed|connection reset|broken pipe|dns", re.I)
-# The connection closed before the answer came (the server died or dropped it mid-request):
-# geventhttpclient (tritonclient.http), http.client and aiohttp (tritonclient.http.aio) names.
-_CONNECTION_LOST = {"HTTPConnectionClosed", "RemoteDisconnected", "IncompleteRead", "ServerDisconnectedError"}
-_CONNECTION_LOST |= {"ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError"}
-_LOST_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}  # aiohttp's ClientOSError carries only the errno
-
-
-def map_error(
-    exc: BaseException, *, source: str | None, url: str, elapsed: float, connect_timeout: float, timeout: float
-) -> FracScanError:
-    """Any exception from one attempt -> the SDK exception that says what happened."""
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(exc, FracScanError):
-        return exc
-    where = {"source": source, "url": url}
-    if isinstance(exc, InferenceServerException):
-        status = str(exc.status() or "").removeprefix("StatusCode.")
-        message = exc.message() or str(exc)
-        if status in ("400", "INVALID_ARGUMENT"):
-            return InputRejected(f"server rejected the input: {message}", **where)
-        if status == "DEADLINE_EXCEEDED":
-            return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
-        if status == "UNAVAILABLE" and _GRPC_CONNECT.search(message):
-            return FracScanConnectionError(f"cannot connect to {url}: {message}", **where)
-        return FracScanServerError(
-            f"server error {status or '(no status)'} from {url}: {message}",
-            status=status or None,
-            retryable=status in RETRYABLE_STATUS,
-            **where,
-        )
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & {"SSLCertVerificationError", "ClientConnectorCertificateError"}:
-        err = FracScanConnectionError(f"TLS: cannot verify the certificate of {url}: {exc}", **where)
-        err.retryable = False  # trying again will not make it trusted
-        return err
-    # aiohttp names its timeouts (both are TimeoutError and ClientConnectionError): check them first
-    if "ConnectionTimeoutError" in names:
-        return FracScanConnectionError(f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where)
-    if "SocketTimeoutError" in names:
-        return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
-    if isinstance(exc, TimeoutError):
-        # geventhttpclient raises the same socket timeout for connect and read: tell them apart by
-        # when it fired (the connect timeout is normally far shorter than the read timeout).
-        if connect_timeout < timeout and elapsed < (connect_timeout + timeout) / 2:
-            return FracScanConnectionError(
-                f"cannot connect to {url}: no connection within {connect_timeout:g} s", **where
-            )
-        return FracScanTimeout(f"no answer from {url} within {timeout:g} s", **where)
-    if names & _CONNECTION_LOST or getattr(exc, "errno", None) in _LOST_ERRNOS:
-        return FracScanConnectionError(
-            f"connection to {url} lost before the answer: {type(exc).__name__}: {exc}", **where
-        )
-    if isinstance(exc, OSError) or "ClientConnectionError" in names:
-        return FracScanConnectionError(f"cannot connect to {url}: {type(exc).__name__}: {exc}", **where)
-    return FracScanError(f"unexpected {type(exc).__name__} talking to {url}: {exc}", **where)
 
 
 # --- settings shared by both clients ------------------------------------------------------------

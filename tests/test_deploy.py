@@ -145,21 +145,29 @@ def _parse(path: Path) -> model_config_pb2.ModelConfig:
 
 
 def test_tensorrt_member_configs_parse_and_carry_trt_fields(spec, workdir, tmp_path):
-    repo = _repo(spec, workdir, tmp_path / "repo", "tensorrt", cuda_graphs=True)
+    # every option set here, so each expected value comes from this test, not from the generator's defaults
+    repo = _repo(
+        spec,
+        workdir,
+        tmp_path / "repo",
+        "tensorrt",
+        cuda_graphs=True,
+        max_batch_size=6,
+        preferred_batch_sizes=(2, 6),
+        gpu_instances=2,
+        trt_compute_capabilities=("8.0", "9.0", "12.0"),
+        warmup="zero",
+    )
     for index, name in enumerate(["member_00", "member_01"]):
         cfg = _parse(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.platform == "tensorrt_plan" and not cfg.backend
-        assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 1)]
-        assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
-        assert cfg.max_batch_size == 8
-        assert cfg.default_model_filename == "model.plan"
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
+        assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 6]
+        assert cfg.max_batch_size == 6
+        assert cfg.default_model_filename == "model.plan"  # Triton's fallback for a GPU not in the mapping
         assert dict(cfg.cc_model_filenames) == {
-            "7.5": "model.sm75.plan",
             "8.0": "model.sm80.plan",
-            "8.6": "model.sm86.plan",
-            "8.9": "model.sm89.plan",
             "9.0": "model.sm90.plan",
-            "10.0": "model.sm100.plan",
             "12.0": "model.sm120.plan",
         }
         assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
@@ -168,19 +176,30 @@ def test_tensorrt_member_configs_parse_and_carry_trt_fields(spec, workdir, tmp_p
         outputs = {o.name: list(o.dims) for o in cfg.output}
         assert outputs == ({"score": [1]} if index == 0 else {"score": [1], "map": [1, SIZE // 8, SIZE // 8]})
         # warmup: a zero-data `image` sample at batch 1 and at max_batch_size
-        assert [w.batch_size for w in cfg.model_warmup] == [1, 8]
+        assert [w.batch_size for w in cfg.model_warmup] == [1, 6]
         for w in cfg.model_warmup:
             sample = w.inputs["image"]
             assert list(sample.dims) == [2, SIZE, SIZE] and sample.data_type == model_config_pb2.TYPE_FP32
             assert sample.WhichOneof("input_data_type") == "zero_data"
         cuda = cfg.optimization.cuda
         assert cuda.graphs
-        assert [g.batch_size for g in cuda.graph_spec] == [1, 4, 8]
+        assert [g.batch_size for g in cuda.graph_spec] == [1, 2, 6]
         assert all(list(g.input["image"].dim) == [2, SIZE, SIZE] for g in cuda.graph_spec)
         assert (repo / name / "1" / "model.onnx").is_file()  # the engine is built from it in the container
     ensemble = _parse(repo / "fracscan" / "config.pbtxt")
     assert ensemble.platform == "ensemble"
     assert [s.model_name for s in ensemble.ensemble_scheduling.step][1:4] == ["normalize", "member_00", "member_01"]
+
+
+def test_default_engine_mapping_covers_the_datacenter_gpus(spec, workdir, tmp_path):
+    """NVIDIA's compute capabilities of the GPUs a hospital deploys on (T4 7.5, A100 8.0, A10 8.6, L4 8.9,
+    H100 9.0, B200 10.0): each gets an engine file of its own by default, named after its capability."""
+    cfg = _parse(_repo(spec, workdir, tmp_path / "repo", "tensorrt") / "member_00" / "config.pbtxt")
+    gpus = {"T4": "7.5", "A100": "8.0", "A10": "8.6", "L4": "8.9", "H100": "9.0", "B200": "10.0"}
+    mapping = dict(cfg.cc_model_filenames)
+    for gpu, cc in gpus.items():
+        assert mapping.get(cc) == f"model.sm{cc.replace('.', '')}.plan", gpu
+    assert cfg.max_batch_size >= max(cfg.dynamic_batching.preferred_batch_size)
 
 
 def test_tensorrt_warmup_and_graph_options(spec, workdir, tmp_path):

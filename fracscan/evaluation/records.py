@@ -192,109 +192,133 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], bool]:
     of the predictions are its labels (`evaluation.heads`).
     """
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: labels file not found") from None
-    except IsADirectoryError:
-        raise EvaluationError(f"{path}: is a directory, expected a labels CSV") from None
-    with handle:
+    merged: dict[str, _LabelledSource] = {}
+    with _open_labels(path) as handle:
+        reader = csv.reader(handle)
         try:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise EvaluationError(f"{path}: empty labels file, expected a header 'source,fracture'")
-            columns = [h.strip().lower() for h in header]
-            missing = [c for c in ("source", "fracture") if c not in columns]
-            if missing:
-                raise EvaluationError(
-                    f"{path}: labels CSV needs the column(s) {', '.join(missing)} "
-                    f"(found: {', '.join(repr(c) for c in columns) or 'none'})"
-                )
-            present_box = [c for c in BOX_COLUMNS if c in columns]
-            if present_box and len(present_box) != 4:
-                raise EvaluationError(
-                    f"{path}: box labels need all of the columns x0,y0,x1,y1 (found {', '.join(present_box)})"
-                )
-            has_boxes = bool(present_box)
-            index = {c: columns.index(c) for c in KNOWN_LABEL_COLUMNS if c in columns}
-            others = {c: i for i, c in enumerate(columns) if c and c not in KNOWN_LABEL_COLUMNS}
-            merged: dict[str, dict[str, Any]] = {}
+            layout = _LabelLayout.from_header(path, next(reader, None))
             for row in reader:
-                line = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    continue
-                cells = {name: row[i].strip() if i < len(row) else "" for name, i in index.items()}
-                where = f"{path} line {line}"
-                source = cells["source"]
-                if not source:
-                    raise EvaluationError(f"{where}: empty 'source'")
-                flag = cells["fracture"].lower()
-                if flag not in _TRUE | _FALSE:
-                    raise EvaluationError(f"{where}: 'fracture' must be 1 or 0, got {cells['fracture']!r}")
-                fracture = flag in _TRUE
-                region = _norm_region(cells.get("region"))
-                box = None
-                if has_boxes:
-                    values = [cells[c] for c in BOX_COLUMNS]
-                    if any(values):
-                        try:
-                            box = [float(v) for v in values]
-                        except ValueError:
-                            raise EvaluationError(
-                                f"{where}: box x0,y0,x1,y1 must be four numbers, got {values}"
-                            ) from None
-                        if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
-                            raise EvaluationError(f"{where}: box needs x1 > x0 and y1 > y0, got {values}")
-                        if not fracture:
-                            raise EvaluationError(f"{where}: a fracture box on a row with fracture = 0")
-                extra = {c: row[i].strip() for c, i in others.items() if i < len(row) and row[i].strip()}
-                entry = merged.get(source)
-                if entry is None:
-                    merged[source] = {
-                        "fracture": fracture,
-                        "region": region,
-                        "boxes": [],
-                        "line": line,
-                        "columns": {},
-                        "conflicts": {},
-                    }
-                    entry = merged[source]
-                else:
-                    if entry["fracture"] != fracture:
-                        raise EvaluationError(
-                            f"{where}: {source!r} has fracture = {int(fracture)} here but {int(entry['fracture'])} on line {entry['line']}"
-                        )
-                    if region and entry["region"] and region != entry["region"]:
-                        raise EvaluationError(
-                            f"{where}: {source!r} has region {region!r} here but {entry['region']!r} on line {entry['line']}"
-                        )
-                    entry["region"] = entry["region"] or region
-                for name, value in extra.items():
-                    before = entry["columns"].setdefault(name, (value, line))
-                    if before[0] != value:
-                        entry["conflicts"].setdefault(name, (value, line))
-                if box is not None:
-                    entry["boxes"].append(box)
+                if any(cell.strip() for cell in row):
+                    _merge_row(merged, layout, row, f"{path} line {reader.line_num}", reader.line_num)
         except csv.Error as exc:
             raise EvaluationError(f"{path} line {reader.line_num}: not a valid CSV ({exc})") from None
         except UnicodeDecodeError:
             raise EvaluationError(f"{path}: not a UTF-8 text (CSV) file") from None
     if not merged:
         raise EvaluationError(f"{path}: no label rows after the header")
-    labels = [
-        LabelRow(
-            s,
-            e["fracture"],
-            e["region"],
-            np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4),
-            e["line"],
-            e["columns"],
-            e["conflicts"],
-        )
-        for s, e in merged.items()
-    ]
-    return labels, has_boxes
+    return [entry.label_row(source) for source, entry in merged.items()], layout.has_boxes
+
+
+def _open_labels(path: Path) -> Any:
+    try:
+        return path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: labels file not found") from None
+    except IsADirectoryError:
+        raise EvaluationError(f"{path}: is a directory, expected a labels CSV") from None
+
+
+@dataclass(frozen=True)
+class _LabelLayout:
+    """Where each column of a labels CSV is: the known ones by name, every other one kept per source."""
+
+    index: dict[str, int]  # known column -> position
+    others: dict[str, int]  # any other named column -> position (head labels, notes)
+    has_boxes: bool
+
+    @classmethod
+    def from_header(cls, path: Path, header: list[str] | None) -> _LabelLayout:
+        if header is None:
+            raise EvaluationError(f"{path}: empty labels file, expected a header 'source,fracture'")
+        columns = [h.strip().lower() for h in header]
+        missing = [c for c in ("source", "fracture") if c not in columns]
+        if missing:
+            raise EvaluationError(
+                f"{path}: labels CSV needs the column(s) {', '.join(missing)} "
+                f"(found: {', '.join(repr(c) for c in columns) or 'none'})"
+            )
+        present_box = [c for c in BOX_COLUMNS if c in columns]
+        if present_box and len(present_box) != len(BOX_COLUMNS):
+            raise EvaluationError(
+                f"{path}: box labels need all of the columns x0,y0,x1,y1 (found {', '.join(present_box)})"
+            )
+        index = {c: columns.index(c) for c in KNOWN_LABEL_COLUMNS if c in columns}
+        others = {c: i for i, c in enumerate(columns) if c and c not in KNOWN_LABEL_COLUMNS}
+        return cls(index, others, bool(present_box))
+
+    def cells(self, row: list[str]) -> dict[str, str]:
+        return {name: row[i].strip() if i < len(row) else "" for name, i in self.index.items()}
+
+    def extra(self, row: list[str]) -> dict[str, str]:
+        return {c: row[i].strip() for c, i in self.others.items() if i < len(row) and row[i].strip()}
+
+
+@dataclass
+class _LabelledSource:
+    """What the rows of one source say so far (a source may take several rows: one box each)."""
+
+    fracture: bool
+    region: str | None
+    line: int  # its first row
+    boxes: list[list[float]] = field(default_factory=list)
+    columns: dict[str, tuple[str, int]] = field(default_factory=dict)
+    conflicts: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def label_row(self, source: str) -> LabelRow:
+        boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        return LabelRow(source, self.fracture, self.region, boxes, self.line, self.columns, self.conflicts)
+
+
+def _merge_row(merged: dict[str, _LabelledSource], layout: _LabelLayout, row: list[str], where: str, line: int) -> None:
+    """One CSV row into its source's entry; a row that contradicts an earlier one of its source is an error."""
+    cells = layout.cells(row)
+    source = cells["source"]
+    if not source:
+        raise EvaluationError(f"{where}: empty 'source'")
+    fracture = _fracture_flag(cells["fracture"], where)
+    region = _norm_region(cells.get("region"))
+    box = _label_box([cells[c] for c in BOX_COLUMNS], fracture, where) if layout.has_boxes else None
+    entry = merged.get(source)
+    if entry is None:
+        entry = merged[source] = _LabelledSource(fracture, region, line)
+    else:
+        if entry.fracture != fracture:
+            raise EvaluationError(
+                f"{where}: {source!r} has fracture = {int(fracture)} here but {int(entry.fracture)} on line {entry.line}"
+            )
+        if region and entry.region and region != entry.region:
+            raise EvaluationError(
+                f"{where}: {source!r} has region {region!r} here but {entry.region!r} on line {entry.line}"
+            )
+        entry.region = entry.region or region
+    for name, value in layout.extra(row).items():
+        before = entry.columns.setdefault(name, (value, line))
+        if before[0] != value:
+            entry.conflicts.setdefault(name, (value, line))
+    if box is not None:
+        entry.boxes.append(box)
+
+
+def _fracture_flag(value: str, where: str) -> bool:
+    flag = value.lower()
+    if flag not in _TRUE | _FALSE:
+        raise EvaluationError(f"{where}: 'fracture' must be 1 or 0, got {value!r}")
+    return flag in _TRUE
+
+
+def _label_box(values: list[str], fracture: bool, where: str) -> list[float] | None:
+    """x0,y0,x1,y1 of a row: None when all are empty; four finite numbers with x1 > x0, y1 > y0 otherwise."""
+    if not any(values):
+        return None
+    try:
+        box = [float(v) for v in values]
+    except ValueError:
+        raise EvaluationError(f"{where}: box x0,y0,x1,y1 must be four numbers, got {values}") from None
+    if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        raise EvaluationError(f"{where}: box needs x1 > x0 and y1 > y0, got {values}")
+    if not fracture:
+        raise EvaluationError(f"{where}: a fracture box on a row with fracture = 0")
+    return box
 
 
 # --- what matching labels to predictions yields (evaluation.matching), read by every metric ---
