@@ -56,7 +56,8 @@ def export(
     """
     from fracscan import provenance
     from fracscan.export.build import build_repository  # torch only when a checkpoint must be exported
-    from fracscan.export.repository import TARGETS, RepositoryOptions, preprocess_instances_for
+    from fracscan.export.model_config import RepositoryOptions
+    from fracscan.export.repository import TARGETS, preprocess_instances_for
     from fracscan.thresholds import Thresholds, ThresholdsError
 
     if target not in TARGETS:

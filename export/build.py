@@ -27,7 +27,8 @@ from typing import Any
 from fracscan import contract as c
 from fracscan import provenance
 from fracscan.export import resume
-from fracscan.export.repository import RepositoryOptions, Target, write_repository
+from fracscan.export.model_config import RepositoryOptions
+from fracscan.export.repository import Target, write_repository
 from fracscan.spec import EnsembleSpec, load_spec
 from fracscan.thresholds import Thresholds, calibration_still_fits
 

@@ -11,6 +11,7 @@ them, the `threshold` model applies them (fracscan.postprocess.decide), export i
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ def _point_json(point: OperatingPoint) -> dict[str, float]:
     return {k: v for k, v in asdict(point).items() if v is not None}
 
 
-def uncalibrated(regions: tuple[str, ...] | list[str], spec_name: str) -> Thresholds:
+def uncalibrated(regions: Iterable[str], spec_name: str) -> Thresholds:
     """0.5 everywhere, marked uncalibrated: a placeholder until `fracscan calibrate` runs."""
     point = OperatingPoint(UNCALIBRATED_THRESHOLD, DEFAULT_MAP_THRESHOLD)
     return Thresholds({r: point for r in regions}, point, {"calibrated": False, "spec": spec_name})

@@ -23,7 +23,6 @@ One file a job:
 from __future__ import annotations
 
 from fracscan.evaluation.calibration import (
-    DEFAULT_MAP_THRESHOLD,
     CalibrationResult,
     RegionFit,
     calibrate,
@@ -64,6 +63,7 @@ from fracscan.evaluation.statistics import (
     roc_curve,
     wilson_interval,
 )
+from fracscan.thresholds import DEFAULT_MAP_THRESHOLD
 
 __all__ = [
     "DEFAULT_MAP_THRESHOLD",
