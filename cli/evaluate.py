@@ -22,6 +22,7 @@ from rich.table import Table
 from fracscan import evaluation as ev
 from fracscan.cli.console import OutputFormat, fail, note, warn
 from fracscan.evaluation import studies
+from fracscan.evaluation.report import ReportInputs, evaluation_report
 from fracscan.thresholds import Thresholds, ThresholdsError
 
 DASH = "—"
@@ -124,32 +125,19 @@ def evaluate(
     else:
         labelled = read_labelled(predictions, labels)
         matched, decide, heads = labelled.matched, ev.decisions_for, labelled.heads
+    inputs = ReportInputs(
+        predictions=predictions.name,
+        labels=labels.name,
+        operating_point="predictions" if thresholds is None else str(thresholds),
+        unit="study" if by_study else "radiograph",
+    )
     try:
         decisions = decide(matched.cases, chosen)
-        metrics = ev.evaluate(matched.cases, decisions, bootstrap=bootstrap, seed=seed)
-        head_metrics = ev.evaluate_heads(matched.cases, heads) if heads else {}
+        report = evaluation_report(
+            matched, decisions, inputs, heads=heads, bootstrap=bootstrap, seed=seed, localise=not by_study
+        )
     except (ev.EvaluationError, ValueError) as exc:
         fail(str(exc))
-    report = {
-        "overall": metrics["overall"],
-        "regions": metrics["regions"],
-        "operating_point": "predictions" if thresholds is None else str(thresholds),
-        "unit": "study" if by_study else "radiograph",
-        "predictions": predictions.name,
-        "labels": labels.name,
-        "matching": matched.summary(),
-        "bootstrap": {
-            "resamples": bootstrap,
-            "seed": seed,
-            "method": "stratified by label, percentile 95% CI (AUC, PPV, NPV)",
-        },
-        "intervals": {"sensitivity, specificity": "Wilson score 95%", "auc, ppv, npv": "bootstrap"},
-    }
-    if head_metrics:  # the labels have a column named like a classification head
-        report["heads"] = head_metrics
-    located = None if by_study else ev.localisation(matched.cases)
-    if located is not None:  # the labels have boxes
-        report["localisation"] = located
     if plot is not None:
         point = "the predictions’ decisions" if thresholds is None else thresholds.name
         title = f"ROC — {predictions.name} vs {labels.name} (n = {len(matched.cases)})"

@@ -17,6 +17,7 @@ One file a job:
                 boxes land (`localisation`: top-box IoU rate, box sensitivity).
 * `heads`       classification heads (Olczak et al. 2017): their labels checked against the classes,
                 accuracy and Cohen's kappa per head (`head_report` of two label lists, `evaluate_heads`).
+* `report`      what `fracscan evaluate` reports: every step above over matched cases, and how.
 * `plots`       ROC curves as a PNG; matplotlib is imported only when called.
 """
 
