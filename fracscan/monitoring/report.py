@@ -189,7 +189,7 @@ def _window_cells(
             sb = None if base is None or base.spreads is None else (base.spreads, None, len(base.spreads))
             figures["spread_shift"] = _shift(np.array(spreads), sb, s)
         if base is not None and base.scanners is not None:
-            figures["new_acquisition"] = _new_scanners(rows, base, seen.setdefault(region, {}), s)
+            figures["new_acquisition"] = _new_scanners(rows, base, seen.setdefault(region, {}), s, region == ALL)
         if verdicts is not None:
             figures.update(_reads(rows, verdicts, s))
         if in_baseline:  # these windows are the baseline: nothing to judge them against
@@ -233,33 +233,43 @@ def _shift(
     return out | {"value": value, "ks_p": p, "upper": s.psi_alarm, "status": "alarm" if alarm else "ok"}
 
 
-def _new_scanners(rows: list[Record], base: RegionBase, seen: dict[str, set[str]], s: Settings) -> dict[str, Any]:
-    """Acquisition values (per SCANNER_KEYS) not in the baseline nor in an earlier window that alarmed."""
+def _new_scanners(
+    rows: list[Record], base: RegionBase, seen: dict[str, set[str]], s: Settings, judge: bool
+) -> dict[str, Any]:
+    """Acquisition values (per SCANNER_KEYS) not in the baseline nor in an earlier window with enough of
+    them. The pooled region judges (its message names the regions); a region's cell lists them."""
     new: list[dict[str, Any]] = []
     base_rate = base.positives / base.n if base.n else None
     for key in SCANNER_KEYS:
-        counts: Counter[str] = Counter()
-        positives: Counter[str] = Counter()
+        found: dict[str, list[Record]] = {}
         for r in rows:
             value = r.scanner().get(key)
             if value is not None and value not in seen.get(key, set()):
-                counts[value] += 1
-                positives[value] += r.positive
-        for value, n in sorted(counts.items()):
-            shown = UID(value).name if key == "transfer_syntax" else value  # the name, never a bare UID
-            new.append(
-                {"key": key, "value": shown, "n": n, "positive_rate": positives[value] / n, "baseline": base_rate}
-            )
-            if n >= s.min_new_scanner:
+                found.setdefault(value, []).append(r)
+        for value, group in sorted(found.items()):
+            regions = Counter(r.region for r in group)
+            new.append({
+                "key": key,
+                "value": UID(value).name if key == "transfer_syntax" else value,  # the name, never a bare UID
+                "n": len(group),
+                "positive_rate": sum(r.positive for r in group) / len(group),
+                "baseline": base_rate,
+                "regions": dict(regions.most_common()),
+            })  # fmt: skip
+            if len(group) >= s.min_new_scanner:
                 seen.setdefault(key, set()).add(value)
-    alarm = any(item["n"] >= s.min_new_scanner for item in new)
-    out: dict[str, Any] = {"value": len(new), "new": new, "status": "alarm" if alarm else "ok"}
-    if alarm:
+    big = [i for i in new if i["n"] >= s.min_new_scanner]
+    out: dict[str, Any] = {"value": len(new), "new": new}
+    if judge:
+        out["status"] = "alarm" if big else "ok"
+    if judge and big:
         out["message"] = "; ".join(
             f"new {i['key']} {i['value']!r}: {i['n']} image(s), positive rate {i['positive_rate']:.2f}"
             + (f" vs {i['baseline']:.2f}" if i["baseline"] is not None else "")
-            for i in new
-            if i["n"] >= s.min_new_scanner
+            + " ("
+            + ", ".join(f"{region} {n}" for region, n in list(i["regions"].items())[:4])
+            + ")"
+            for i in big
         )
     return out
 

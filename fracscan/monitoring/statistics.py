@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
-PSI_EPSILON = 1e-4  # an empty bin counts as this share, so PSI stays finite
+PSI_SMOOTHING = 0.5  # added to every bin's count (window and baseline alike), so an empty bin stays finite
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,16 @@ def out_of_limits(hits: int, n: int, limits: Limits) -> bool:
 
 def psi(sample: ArrayLike, baseline_quantiles: Sequence[float]) -> float:
     """Population stability index: sum (p - q) ln(p / q) over the bins between the baseline's quantiles,
-    q the baseline's share of each bin (equal, 1/(k-1), by construction), p the window's. Repeated
-    quantiles (a baseline piled on one value) merge into one bin holding their shares."""
+    q the baseline's share of each bin (equal, 1/(k-1), by construction), p the window's with half a count
+    added to each bin. Repeated quantiles (a baseline piled on one value) merge into one bin holding their
+    shares."""
     x = np.asarray(sample, dtype=np.float64)
     qs = np.asarray(baseline_quantiles, dtype=np.float64)
     edges, first = np.unique(qs[1:-1], return_index=True)  # inner cut points
     shares = np.diff(np.concatenate([[0.0], (first + 1.0) / (len(qs) - 1), [1.0]]))  # baseline share per bin
     counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(shares))
-    p = np.maximum(counts / len(x), PSI_EPSILON)
-    q = np.maximum(shares, PSI_EPSILON)
+    p = (counts + PSI_SMOOTHING) / (len(x) + PSI_SMOOTHING * len(shares))
+    q = shares
     return float(np.sum((p - q) * np.log(p / q)))
 
 
