@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,21 @@ def test_a_calibration_is_a_baseline_without_its_files(tmp_path):
     assert report["series"][0]["baseline"].startswith("calibration")
     assert ("2026-W07", 1, "all", "score_shift") in found(result)
     assert not [a for a in found(result) if a[0] != "2026-W07" and a[3] == "score_shift"]
+
+
+def test_the_worked_example_in_the_docs_runs_as_written(tmp_path):
+    doc = (ROOT / "docs" / "monitoring.md").read_text()
+    block = doc.split("<!-- example:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "COLUMNS": "150"}
+    results = []
+    for line in block.strip().splitlines():
+        program, _, rest = line.partition(" ")
+        command = f"{sys.executable} {rest}" if program == "python" else f"{sys.executable} -m fracscan.cli {rest}"
+        results.append(
+            subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        )
+    assert results[0].returncode == 0 and results[-1].returncode == 3, results[-1].stderr
+    for alarm in ("ALARM 2026-W07 series 1 all new_acquisition", "ALARM 2026-W09 series 2 all model_identity"):
+        assert alarm in doc and alarm in results[-1].stdout
+    assert results[-1].stdout.count("ALARM") == doc.count("ALARM ")
+    assert (tmp_path / "plots" / "positive_rate.png").is_file() and (tmp_path / "monitor.prom").is_file()
