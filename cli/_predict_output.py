@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fracscan.acquisition import Acquisition, csv_columns
 from fracscan.cli.console import OutputFormat
 from fracscan.client import Prediction, PredictionError
 from fracscan.contract import QC_SEPARATOR
@@ -30,6 +31,9 @@ CSV_FIELDS = [
     "region",
     "region_source",
     "boxes",
+    "scored_at",
+    *csv_columns(),
+    "error_kind",
     "error",
 ]
 OVERLAY_NOTICE_WIDTH = 50  # characters a line: the notice stays inside a small radiograph
@@ -96,6 +100,9 @@ def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
             "boxes": d["boxes"],
             "member_spread": d["member_spread"],
             "model": f"{d['model_name']}:{d['model_version']}",
+            "scored_at": d["scored_at"],
+            "acquisition": d["acquisition"],
+            "error_kind": None,
             "error": None,
         }
     return {
@@ -112,6 +119,9 @@ def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
         "boxes": [],
         "member_spread": None,
         "model": None,
+        "scored_at": result.scored_at,
+        "acquisition": result.acquisition.to_dict(),
+        "error_kind": result.kind,  # input / rejected / server / connection / timeout: monitor's failure reasons
         "error": result.error,
     }
 
@@ -138,7 +148,8 @@ class Writer:
             # 1/0 like the label files, so a results CSV reads back as one
             flag = {True: 1, False: 0}.get(row["fracture"], "")
             qc = {"qc": QC_SEPARATOR.join(row["qc"])} if self.heads else {}
-            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"]), **qc})
+            acquisition = Acquisition.from_dict(row["acquisition"]).to_csv()
+            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"]), **acquisition, **qc})
         elif self.fmt is OutputFormat.json:
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
         else:

@@ -1,4 +1,4 @@
-"""The `fracscan` command line: predict | serve | export | calibrate | evaluate | health."""
+"""The `fracscan` command line: predict | serve | export | calibrate | evaluate | health | listen | monitor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fracscan.cli import evaluate as evaluate_module
 from fracscan.cli import export as export_module
 from fracscan.cli import health as health_module
 from fracscan.cli import listen as listen_module
+from fracscan.cli import monitor as monitor_module
 from fracscan.cli import predict as predict_module
 from fracscan.cli import serve as serve_module
 
@@ -47,6 +48,7 @@ app.command("calibrate")(calibrate_module.calibrate)
 app.command("evaluate")(evaluate_module.evaluate)
 app.command("health")(health_module.health)
 app.command("listen")(listen_module.listen)
+app.command("monitor")(monitor_module.monitor)
 
 
 def main() -> None:

@@ -31,6 +31,10 @@ def listen(
         list[str] | None, typer.Option(help="Accept only these calling AE titles (repeat the option); default: any.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds.")] = 60.0,
+    results_log: Annotated[
+        Path | None,
+        typer.Option(help="Append one result row (JSONL) per scored image: the history `fracscan monitor` reads."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Log the DICOM associations and the result building too.")] = False,
 ) -> None:
     """Receive radiographs by C-STORE (Verification too), score them, and C-STORE the SR, GSPS and SC on.
@@ -50,6 +54,8 @@ def listen(
         destination = Destination.parse(store_to) if store_to else None
     except ValueError as exc:
         fail(f"--store-to: {exc}")
+    if results_log is not None and not results_log.parent.is_dir():
+        fail(f"--results-log {results_log}: the folder {results_log.parent} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for library in ("pynetdicom", "highdicom"):
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -62,6 +68,7 @@ def listen(
         host=host,
         allowed_calling_aes=tuple(allow or ()),
         timeout=timeout,
+        results_log=results_log,
     )
     listener = Listener(config)
     for sig in (signal.SIGINT, signal.SIGTERM):

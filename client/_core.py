@@ -263,6 +263,7 @@ def parse_result(
         definite_threshold=None if definite < 0 else definite,
         heads=answers,
         qc=qc,
+        acquisition=request.payload.acquisition,
     )
 
 

@@ -8,13 +8,20 @@ birth date goes into a result, a message or a log line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from fracscan.acquisition import Acquisition
 from fracscan.client.errors import ErrorKind, FracScanError
 from fracscan.contract import Level as Level  # the SDK re-exports both
 from fracscan.contract import RegionSource as RegionSource
 
 # --- results -------------------------------------------------------------------------------
+
+
+def utc_timestamp() -> str:
+    """Now, as a result row's `scored_at`: UTC, ISO 8601, to the second ("2026-12-07T23:10:00Z")."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class Prediction:
     # warnings (DICOM states one thing, a confident head another).
     heads: dict[str, HeadResult] = field(default_factory=dict)
     qc: tuple[str, ...] = ()
+    # For `fracscan monitor`: when the answer came, and the input's non-identifying acquisition facts.
+    scored_at: str = field(default_factory=utc_timestamp)
+    acquisition: Acquisition = field(default_factory=Acquisition)
 
     ok: ClassVar[bool] = True
 
@@ -99,6 +109,8 @@ class Prediction:
             "sop_instance_uid": self.sop_instance_uid,
             "series_instance_uid": self.series_instance_uid,
             "study_instance_uid": self.study_instance_uid,
+            "scored_at": self.scored_at,
+            "acquisition": self.acquisition.to_dict(),
         }
         if self.heads:
             out["heads"] = {name: head.to_dict() for name, head in self.heads.items()}
@@ -113,6 +125,8 @@ class PredictionError:
     source: str
     error: str  # what went wrong, without the source (that is `source`)
     kind: ErrorKind
+    scored_at: str = field(default_factory=utc_timestamp)  # when it failed
+    acquisition: Acquisition = field(default_factory=Acquisition)  # known when the input was read before it failed
 
     ok: ClassVar[bool] = False
 
@@ -121,4 +135,11 @@ class PredictionError:
         return cls(source, exc.reason, exc.kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "ok": False, "error": self.error, "kind": self.kind}
+        return {
+            "source": self.source,
+            "ok": False,
+            "error": self.error,
+            "kind": self.kind,
+            "scored_at": self.scored_at,
+            "acquisition": self.acquisition.to_dict(),
+        }

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
+from fracscan.acquisition import Acquisition, from_dataset, from_size
 from fracscan.client.errors import InvalidInput
 from fracscan.decode import SNIFF_BYTES, DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids
@@ -39,6 +40,9 @@ class Payload:
     kind: str  # sniffed kind of `data`
     uids: dict[str, str] = field(default_factory=dict)  # sop / series / study instance UIDs (DICOM only)
     dicom_region: str | None = None  # decoded on the client: the DICOM region term to send as REGION
+    acquisition: Acquisition = field(
+        default_factory=Acquisition
+    )  # the input's non-identifying acquisition facts (fracscan.acquisition)
 
 
 def source_label(source: object) -> str:
@@ -61,15 +65,15 @@ def read_source(source: Source, decode_on_client: bool = False, send_dicom: bool
     """
     label = source_label(source)
     data = _raw_bytes(source, label)
-    kind, uids = check_encoded(data, label)
+    kind, uids, facts = check_encoded(data, label)
     if not decode_on_client or (send_dicom and kind == "dicom"):
-        return Payload(label, data, kind, uids)
+        return Payload(label, data, kind, uids, acquisition=facts)
     try:
         decoded = decode_image(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
     region = decoded.region_terms[0] if decoded.region_terms else None
-    return Payload(label, _npy(compact_pixels(decoded.pixels)), "npy", uids, region)
+    return Payload(label, _npy(compact_pixels(decoded.pixels)), "npy", uids, region, facts)
 
 
 def compact_pixels(pixels: NDArray[np.float32]) -> NDArray[Any]:
@@ -88,10 +92,10 @@ def compact_pixels(pixels: NDArray[np.float32]) -> NDArray[Any]:
     return pixels
 
 
-def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
+def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str], Acquisition]:
     """Cheap checks on encoded bytes: known format by magic bytes; the declared size within the pixel
     limit (PNG / JPEG / TIFF / .npy headers); for DICOM, a readable header of a single-frame image SOP
-    class with pixel data and Rows / Columns within the limit. Returns (kind, DICOM UIDs)."""
+    class with pixel data and Rows / Columns within the limit. Returns (kind, DICOM UIDs, acquisition facts)."""
     if not data:
         raise InvalidInput("empty input: no bytes to send", source=label)
     kind = sniff_kind(data[:HEAD_BYTES])
@@ -99,12 +103,12 @@ def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str]]:
         raise InvalidInput(UNRECOGNISED, source=label)
     try:
         if kind != "dicom":
-            declared_dimensions(data, kind)
-            return kind, {}
+            size = declared_dimensions(data, kind)
+            return kind, {}, from_size(*size) if size else Acquisition()
         ds = read_dicom_header(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
-    return kind, instance_uids(ds)
+    return kind, instance_uids(ds), from_dataset(ds)
 
 
 def _raw_bytes(source: Source, label: str) -> bytes:

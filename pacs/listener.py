@@ -15,6 +15,7 @@ Instance UIDs only, never a patient attribute.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time: mypy cannot see it
 
 from fracscan.client.errors import FracScanError, InputRejected
-from fracscan.client.models import Prediction
+from fracscan.client.models import Prediction, PredictionError
 from fracscan.client.sync import FracScanClient
 from fracscan.pacs.dimse import Destination, StoreFailed, store_datasets
 from fracscan.pacs.results import build_results, skip_reason, write_results
@@ -108,6 +109,7 @@ class ListenerConfig:
     host: str = "0.0.0.0"
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
     timeout: float = 60.0
+    results_log: Path | None = None  # append one result row (JSONL) per scored or refused instance
 
 
 class Listener:
@@ -178,6 +180,7 @@ class Listener:
         except InputRejected as exc:  # will never score: set aside, not retried
             log.warning("%s: not scored (%s); kept in %s", path.stem, exc.reason, self.spool.failed_dir)
             self.spool.fail(path)
+            append_result_row(self.config.results_log, PredictionError.from_exception("<bytes>", exc))
             return
         provenance = self._served_provenance(client)
         if self.config.destination is None:
@@ -187,6 +190,7 @@ class Listener:
             store_datasets(build_results(data, prediction, provenance), self.config.destination, self.config.ae_title)
             where = str(self.config.destination)
         self.spool.done(path)
+        append_result_row(self.config.results_log, prediction)  # once delivered: a retried instance logs once
         log.info("%s: %s; SR, GSPS and SC stored to %s", path.stem, _verdict(prediction), where)
 
     def _served_provenance(self, client: FracScanClient) -> Provenance | None:
@@ -212,6 +216,18 @@ class Listener:
         log.info("%s: received and spooled", sop_uid)
         self._wake.set()
         return STATUS_SUCCESS
+
+
+def append_result_row(results_log: Path | None, result: Prediction | PredictionError) -> None:
+    """The node's history for `fracscan monitor`: the SDK's row of one result (`to_dict`: score, level,
+    region, scored_at, acquisition facts, UIDs; source "<bytes>", no patient attribute), one JSON line."""
+    if results_log is None:
+        return
+    try:
+        with open(results_log, "a") as f:
+            f.write(json.dumps(result.to_dict()) + "\n")
+    except OSError as exc:  # the results were delivered: a full disk costs the log line, not the instance
+        log.error("could not append to the results log %s: %s", results_log, exc.strerror or type(exc).__name__)
 
 
 def _verdict(prediction: Prediction) -> str:

@@ -31,6 +31,9 @@ from fracscan.evaluation.rules import (
 )
 from fracscan.thresholds import DEFAULT_MAP_THRESHOLD, TARGET_SENSITIVITY, OperatingPoint, Thresholds
 
+DISTRIBUTION_QUANTILES = 21  # 0 %, 5 %, ..., 100 %: the baseline `fracscan monitor` compares a site's scores with
+ALL_REGIONS = "all"  # the pooled entry of the score distribution
+
 
 @dataclass(frozen=True)
 class CalibrationResult:
@@ -218,7 +221,39 @@ def calibrate(
         prov,
     )
     _check_probabilities(thresholds)
+    distribution = score_distribution(cases, thresholds)
+    thresholds = replace(thresholds, provenance={**prov, "score_distribution": distribution})
     return CalibrationResult(thresholds, tuple(warnings))
+
+
+def score_distribution(
+    cases: list[Case], thresholds: Thresholds, quantiles: int = DISTRIBUTION_QUANTILES
+) -> dict[str, Any]:
+    """The tuning split's scores per region (and pooled as "all"): count, evenly spaced quantiles (linear
+    interpolation) and the share the calibrated points call suspicious-or-definite / definite. Stored in the
+    calibration record, so that a thresholds.json is a monitoring baseline without the files."""
+    probabilities = np.linspace(0.0, 1.0, quantiles)
+
+    def summary(group: list[Case], points: list[OperatingPoint]) -> dict[str, Any]:
+        s = np.array([c.score for c in group], dtype=np.float64)
+        positive = np.array([c.score >= p.threshold for c, p in zip(group, points, strict=True)])
+        definite = np.array(
+            [
+                p.definite_threshold is not None and c.score >= p.definite_threshold
+                for c, p in zip(group, points, strict=True)
+            ]
+        )
+        return {
+            "n": len(group),
+            "quantiles": [float(v) for v in np.quantile(s, probabilities)],
+            "positive_rate": float(positive.mean()),
+            "definite_rate": float(definite.mean()),
+        }
+
+    point = {name: thresholds.for_region(name)[0] for name in group_by_region(cases)}
+    regions = {name: summary(group, [point[name]] * len(group)) for name, group in group_by_region(cases).items()}
+    regions[ALL_REGIONS] = summary(cases, [point[c.region] for c in cases])
+    return {"probabilities": [float(p) for p in probabilities], "regions": regions}
 
 
 def _specificity(negative_scores: list[float], target: float) -> float:
