@@ -82,7 +82,7 @@ def run_benchmark(args, sizes: Sizes) -> dict:
 
     # 0. full-size pre-processing and members first, while nothing else runs on the machine
     with step("prepare", "prepare at S = 1024, fast vs the scipy reference (one core) ..."):
-        result["prepare"] = bench_prepare(prepare_files, sizes.prepare_reps, prepare_note)
+        result["prepare"] = bench_prepare(prepare_files, sizes.prepare_reps, prepare_note, cache, args.quick)
     with step("full_size_members", "full-size members on ONNX Runtime (one thread) ..."):
         if args.quick or args.skip_full_size:
             reason = "--quick" if args.quick else "--skip-full-size"
