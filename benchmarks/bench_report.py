@@ -20,6 +20,11 @@ def print_report(result: dict, console: Console) -> None:
     console.print(f"inputs: {result['inputs']['count']} demo radiographs from {result['inputs']['source']}")
 
     print_prepare(result, console)
+    if st := result.get("study"):
+        console.print(
+            f"study of {st['views']} views, concurrency 1: {fmt(st['study_ms'], 1)} ms against "
+            f"{fmt(st['single_ms'], 1)} ms for one view = [bold]{st['ratio']:.2f}x[/] (median of {st['rounds']})"
+        )
 
     t = Table(title="Throughput (radiographs/s) and latency", title_style="bold")
     for col in ("path", "setting", "radiographs/s", "p50 ms", "p95 ms", "p99 ms", "CPU ms/img", "n"):
