@@ -43,7 +43,7 @@ from bench_inputs import default_cache, demo_inputs, large_dicoms, prepare_input
 from bench_members import bench_full_size_members, bench_naive
 from bench_prepare import bench_prepare, full_size_spec
 from bench_report import print_report, print_tuning
-from bench_serving import bench_inprocess, bench_triton, start_servers
+from bench_serving import bench_inprocess, bench_study, bench_triton, start_servers
 from bench_tune import run_tuning
 from rich.console import Console
 
@@ -82,7 +82,7 @@ def run_benchmark(args, sizes: Sizes) -> dict:
 
     # 0. full-size pre-processing and members first, while nothing else runs on the machine
     with step("prepare", "prepare at S = 1024, fast vs the scipy reference (one core) ..."):
-        result["prepare"] = bench_prepare(prepare_files, sizes.prepare_reps, prepare_note)
+        result["prepare"] = bench_prepare(prepare_files, sizes.prepare_reps, prepare_note, cache, args.quick)
     with step("full_size_members", "full-size members on ONNX Runtime (one thread) ..."):
         if args.quick or args.skip_full_size:
             reason = "--quick" if args.quick else "--skip-full-size"
@@ -126,6 +126,10 @@ def run_benchmark(args, sizes: Sizes) -> dict:
         # 2. Triton ensemble through the SDK
         with step("triton", "Triton ensemble through the SDK ..."):
             result["triton"] = bench_triton(server, files, sizes)
+
+        with step("study", "a three-view study against one view, concurrency 1 ..."):
+            result["study"] = bench_study(server, files, 4 if args.quick else 20)
+            log.print(f"  study / single view = {result['study']['ratio']:.2f}")
 
         # 4. client-side cost of real-size DICOM (needs the server for the end-to-end part)
         with step("client_cost", "client-side cost of real-size DICOM ..."):

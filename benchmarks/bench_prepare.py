@@ -64,14 +64,23 @@ def bench_one(data: bytes, spec: EnsembleSpec, reps: int) -> dict:
     }
 
 
-def bench_prepare(files: dict[str, Path], reps: int, note: str | None) -> dict:
+def bench_prepare(
+    files: dict[str, Path], reps: int, note: str | None, cache: Path | None = None, quick: bool = False
+) -> dict:
     spec = full_size_spec()
     inputs = {}
     for name, path in files.items():
         log.print(f"  prepare: {name} ...")
         inputs[name] = {"file": path.name, **bench_one(path.read_bytes(), spec, reps)}
     dx = inputs.get("dx_uncompressed")
+    syntaxes = None
+    if cache is not None:
+        from bench_syntaxes import bench_syntaxes
+
+        quick_names = ("explicit_vr_little_endian", "jpeg2000_lossless")
+        syntaxes = bench_syntaxes(cache, spec, 1 if quick else 3, quick_names if quick else None)
     return {
+        "syntaxes": syntaxes,
         "spec": spec.name,
         "size": spec.preprocess.size,
         "clock": "thread CPU time, median of reps",

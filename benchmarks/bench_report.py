@@ -20,6 +20,11 @@ def print_report(result: dict, console: Console) -> None:
     console.print(f"inputs: {result['inputs']['count']} demo radiographs from {result['inputs']['source']}")
 
     print_prepare(result, console)
+    if st := result.get("study"):
+        console.print(
+            f"study of {st['views']} views, concurrency 1: {fmt(st['study_ms'], 1)} ms against "
+            f"{fmt(st['single_ms'], 1)} ms for one view = [bold]{st['ratio']:.2f}x[/] (median of {st['rounds']})"
+        )
 
     t = Table(title="Throughput (radiographs/s) and latency", title_style="bold")
     for col in ("path", "setting", "radiographs/s", "p50 ms", "p95 ms", "p99 ms", "CPU ms/img", "n"):
@@ -279,6 +284,7 @@ def print_prepare(result: dict, console: Console) -> None:
         f"{fmt(p['dx_uncompressed_prepare_ms'], 1)} ms = {fmt(p['dx_uncompressed_radiographs_per_core_s'], 1)} "
         "radiographs/s per core"
     )
+    print_syntaxes(p.get("syntaxes"), console)
     m = result["full_size_members"]
     if m.get("skipped"):
         console.print(f"full-size members: skipped ({m['skipped']})")
@@ -296,3 +302,29 @@ def print_prepare(result: dict, console: Console) -> None:
         f"ten members: {fmt(m['ensemble_gflop'], 0)} GFLOP, about {fmt(m['ensemble_cpu_s_estimate'], 1)} s of one "
         "core per radiograph (extrapolated by FLOPs)"
     )
+
+
+def print_syntaxes(sx: dict | None, console: Console) -> None:
+    """The DX per transfer syntax: decode and prepare against the frozen path (pydicom + scipy)."""
+    if not sx:
+        return
+    t = Table(
+        title=f"DX {sx['shape'][0]} x {sx['shape'][1]} 12-bit per transfer syntax, one core, ms CPU (median of "
+        f"{sx['reps']})",
+        title_style="bold",
+    )
+    for col in ("syntax", "MB", "decode (full)", "prepare", "decoded at", "frozen: pydicom + scipy", "ratio"):
+        t.add_column(col, justify="left" if col == "syntax" else "right")
+    for v in sx["syntaxes"].values():
+        t.add_row(
+            v["label"],
+            fmt(v["bytes"] / 1e6, 1),
+            fmt(v["decode_ms"], 1),
+            fmt(v["prepare_ms"], 1),
+            f"1/{v['decode_scale']}",
+            fmt(v["frozen_ms"], 1),
+            fmt(v["ratio"], 1),
+        )
+    console.print(t)
+    for name, why in sx.get("skipped", {}).items():
+        console.print(f"  {name}: skipped ({why})")

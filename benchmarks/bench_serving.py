@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -221,3 +222,29 @@ def start_servers(
     if errors:
         raise RuntimeError(f"embedded server failed to start (logs in {logdir}): {errors[0]}")
     return servers
+
+
+def bench_study(server: EmbeddedServer, files: list[Path], rounds: int, views: int = 3) -> dict:
+    """Study latency / single-view latency at concurrency 1: `predict_study` of `views` radiographs against
+    `predict` of one of them, interleaved, after a warm-up; medians of wall time."""
+    from fracscan.client import FracScanClient
+
+    picked = [p.read_bytes() for p in files[:views]]
+    single, study = [], []
+    with FracScanClient(server.http_url) as client:
+        client.predict_study(picked)
+        for i in range(rounds):
+            start = time.perf_counter()
+            client.predict(picked[i % len(picked)])
+            single.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            client.predict_study(picked)
+            study.append(time.perf_counter() - start)
+    single_ms, study_ms = 1000 * statistics.median(single), 1000 * statistics.median(study)
+    return {
+        "views": views,
+        "rounds": rounds,
+        "single_ms": single_ms,
+        "study_ms": study_ms,
+        "ratio": study_ms / single_ms,
+    }

@@ -27,12 +27,20 @@ import pydicom
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import generate_fragments
+from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+)
 
+from fracscan import jpeg2000
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids, region_terms, stated_labels
 
 __all__ = [
@@ -65,6 +73,9 @@ MIN_SIDE = 8
 # JPEG frame headers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's SOF55: all declare height, then width.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_J2K_CODESTREAM = b"\xff\x4f\xff\x51"
+# JPEG 2000 in DICOM (Part 1 and High-Throughput): decodable at a reduced resolution level (fracscan.jpeg2000).
+JPEG2000_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
 
 
 class DecodeError(ValueError):
@@ -123,7 +134,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _j2k_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG 2000 codestream's SIZ marker, or a JP2 file's image header box."""
-    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:
+    if data[:4] == _J2K_CODESTREAM and len(data) >= 24:
         xsiz, ysiz, x0, y0 = struct.unpack(">IIII", data[8:24])
         return xsiz - x0, ysiz - y0
     if data.startswith(_JP2_SIGNATURE) and (at := data.find(b"ihdr", 0, 4096)) >= 0 and len(data) >= at + 12:
@@ -164,6 +175,8 @@ def declared_dimensions(data: bytes, kind: str) -> tuple[int, int] | None:
         size = _jpeg_size(data)
     elif kind == "npy":
         size = _npy_size(data)
+    elif kind == "jpeg2000":
+        size = _j2k_size(data)
     elif kind == "tiff":
         Image.MAX_IMAGE_PIXELS = max_pixels()
         try:
@@ -174,7 +187,7 @@ def declared_dimensions(data: bytes, kind: str) -> tuple[int, int] | None:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return None
     if size is not None:
-        check_dimensions(size[0], size[1], kind.upper() if kind != "npy" else ".npy")
+        check_dimensions(size[0], size[1], {"npy": ".npy", "jpeg2000": "JPEG 2000"}.get(kind, kind.upper()))
     return size
 
 
@@ -196,10 +209,19 @@ Image.MAX_IMAGE_PIXELS = max_pixels()  # never above our own limit (Pillow's is 
 @dataclass(frozen=True)
 class DecodedImage:
     pixels: NDArray[np.float32]  # 2-D float32, larger = brighter
-    kind: str  # "dicom", "png", "jpeg", "tiff" or "npy"
+    kind: str  # "dicom", "png", "jpeg", "tiff", "jpeg2000" or "npy"
     region_terms: tuple[str, ...] = ()  # DICOM values that may name the region
     uids: dict[str, str] = field(default_factory=dict)  # sop / series / study instance UIDs
     stated: tuple[str, str] = ("", "")  # ("ImageLaterality=L", "BodyPartExamined=WRIST"); "" when absent
+    # JPEG 2000 decoded at a reduced resolution level: original pixels per decoded pixel (2**level), and the
+    # original (rows, columns); 1 and the pixels' own shape otherwise.
+    scale: int = 1
+    original_shape: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the original image, whatever resolution was decoded."""
+        return self.original_shape or (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
 
 
 def sniff_kind(data: bytes) -> str | None:
@@ -214,6 +236,8 @@ def sniff_kind(data: bytes) -> str | None:
         return "tiff"
     if data.startswith(b"\x93NUMPY"):
         return "npy"
+    if data.startswith((_J2K_CODESTREAM, _JP2_SIGNATURE)):
+        return "jpeg2000"
     return None
 
 
@@ -408,19 +432,72 @@ def _rescale(arr: NDArray[Any], ds: pydicom.Dataset) -> NDArray[Any]:
     return out
 
 
-def _dicom_pixels(ds: pydicom.Dataset) -> NDArray[np.float32]:
-    """The stored pixels as brightness: palette applied, modality LUT applied, MONOCHROME1 inverted."""
+MaxScale = Callable[[tuple[int, int]], int]  # (rows, columns) of the original -> the largest scale to decode at
+
+
+def _level(header: jpeg2000.CodestreamHeader, min_side: int, max_scale: MaxScale | None) -> int:
+    limit = None if max_scale is None else max_scale((header.height, header.width))
+    return jpeg2000.choose_level(header, min_side, limit)
+
+
+def _reduced_j2k(
+    data: bytes, min_side: int, max_scale: MaxScale | None, columns: int, rows: int
+) -> tuple[NDArray[Any], int] | None:
+    """A grayscale JPEG 2000 decoded at the coarsest level with a short side >= min_side: (stored values,
+    scale); None when the full size is needed or the codestream does not say what it holds (then the
+    full decode runs, and reports any problem)."""
+    header = jpeg2000.read_header(data)
+    if header is None or header.side(0) != (columns, rows):
+        return None
+    level = _level(header, min_side, max_scale)
+    if level == 0:
+        return None
+    try:
+        return jpeg2000.decode_at_level(data, header, level), 1 << level
+    except MemoryError:
+        raise
+    except Exception:  # OpenJPEG refused the reduced decode: the full decode below tries and explains
+        return None
+
+
+def _stored_pixels(
+    ds: pydicom.Dataset, syntax: Any, photometric: str, min_side: int, max_scale: MaxScale | None
+) -> tuple[NDArray[Any], int]:
+    """The stored values and their scale: a grayscale JPEG 2000 at a reduced level when min_side allows."""
+    if (
+        min_side > 0
+        and syntax in JPEG2000_SYNTAXES
+        and photometric in ("MONOCHROME1", "MONOCHROME2")
+        and _int_attr(ds, "SamplesPerPixel", default=1) == 1
+        and _int_attr(ds, "PixelRepresentation", default=0) == 0
+        and "PixelData" in ds
+    ):
+        try:
+            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        except (ValueError, StopIteration, struct.error):
+            frame = b""  # a broken encapsulation: pydicom's decoder says what is wrong
+        reduced = _reduced_j2k(frame, min_side, max_scale, _int_attr(ds, "Columns"), _int_attr(ds, "Rows"))
+        if reduced is not None:
+            return reduced
+    return ds.pixel_array, 1
+
+
+def _dicom_pixels(
+    ds: pydicom.Dataset, min_side: int = 0, max_scale: MaxScale | None = None
+) -> tuple[NDArray[np.float32], int]:
+    """The stored pixels as brightness: palette applied, modality LUT applied, MONOCHROME1 inverted; and
+    their scale (original pixels per decoded pixel: > 1 for a JPEG 2000 decoded at a reduced level)."""
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     if "PixelData" in ds and syntax is not None and syntax.is_encapsulated:
         check_encapsulated_frame(ds.PixelData)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
-        arr = ds.pixel_array
-    except MemoryError:
+        arr, scale = _stored_pixels(ds, syntax, photometric, min_side, max_scale)
+    except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # pydicom raises many types for broken / unsupported pixel data
         name = getattr(syntax, "name", "unknown transfer syntax")
         raise DecodeError(f"DICOM pixel data cannot be decoded ({name}): {dicom_error_reason(exc, ds)}") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":  # the stored values are indices into the palette, not brightness
         arr = apply_color_lut(arr, ds)
     elif photometric.startswith("MONOCHROME"):
@@ -430,19 +507,20 @@ def _dicom_pixels(ds: pydicom.Dataset) -> NDArray[np.float32]:
         arr = np.subtract(
             np.float32(float(arr.max()) + float(arr.min())), arr, out=arr if arr.flags.writeable else None
         )
-    return arr
+    return arr, scale
 
 
-def _decode_dicom(data: bytes) -> DecodedImage:
+def _decode_dicom(data: bytes, min_side: int = 0, max_scale: MaxScale | None = None) -> DecodedImage:
     ds = _read_dicom(data, header_only=False)
     try:
-        arr = _dicom_pixels(ds)
+        arr, scale = _dicom_pixels(ds, min_side, max_scale)
         terms, uids, stated = region_terms(ds), instance_uids(ds), stated_labels(ds)
+        shape = (_int_attr(ds, "Rows"), _int_attr(ds, "Columns")) if scale > 1 else None
     except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # a malformed attribute (LUT, photometric, description...): 400, never 500
         raise DecodeError(f"DICOM attributes cannot be used: {dicom_error_reason(exc, ds)}") from None
-    return DecodedImage(arr, "dicom", terms, uids, stated)
+    return DecodedImage(arr, "dicom", terms, uids, stated, scale, shape)
 
 
 def _decode_npy(data: bytes) -> DecodedImage:
@@ -477,6 +555,23 @@ def _decode_pillow(data: bytes, kind: str) -> DecodedImage:
     return DecodedImage(_to_gray(arr, kind.upper()), kind)
 
 
+def _decode_jpeg2000(data: bytes, min_side: int, max_scale: MaxScale | None) -> DecodedImage:
+    """A JPEG 2000 file (codestream or JP2): grayscale at the coarsest level min_side allows, else via Pillow."""
+    declared_dimensions(data, "jpeg2000")
+    header = jpeg2000.read_header(data)
+    if header is None or not header.reducible:
+        return _decode_pillow(data, "jpeg2000")
+    level = _level(header, min_side, max_scale)
+    try:
+        arr = jpeg2000.decode_at_level(data, header, level)
+    except MemoryError:
+        raise
+    except Exception as exc:  # OpenJPEG's errors (OSError, SyntaxError, ValueError)
+        raise DecodeError(f"unreadable JPEG 2000 image: {exc}") from None
+    shape = header.side(0)[::-1] if level else None
+    return DecodedImage(_to_gray(arr, "JPEG 2000"), "jpeg2000", scale=1 << level, original_shape=shape)
+
+
 def _unbase64(data: bytes) -> bytes | None:
     """Plain JSON clients (curl) can only send text: accept base64 of a recognised file."""
     try:
@@ -486,20 +581,27 @@ def _unbase64(data: bytes) -> bytes | None:
     return raw if sniff_kind(raw[:SNIFF_BYTES]) else None
 
 
-def decode_image(data: bytes) -> DecodedImage:
-    """Decode encoded image bytes (or their base64 text); raise DecodeError naming the problem."""
+def decode_image(data: bytes, min_side: int = 0, max_scale: MaxScale | None = None) -> DecodedImage:
+    """Decode encoded image bytes (or their base64 text); raise DecodeError naming the problem.
+
+    `min_side` > 0: a grayscale JPEG 2000 (DICOM or file) is decoded at the coarsest resolution level whose
+    short side is still >= min_side (DecodedImage.scale says how much coarser; never below min_side), and
+    whose scale is at most max_scale(original rows, columns) when given.
+    """
     if not data:
         raise DecodeError("empty input: no bytes were sent")
     kind = sniff_kind(bytes(data[:SNIFF_BYTES]))
     if kind is None and (raw := _unbase64(data)) is not None:
         data, kind = raw, sniff_kind(raw[:SNIFF_BYTES])
     if kind == "dicom":
-        return _decode_dicom(bytes(data))
+        return _decode_dicom(bytes(data), min_side, max_scale)
+    if kind == "jpeg2000":
+        return _decode_jpeg2000(bytes(data), min_side, max_scale)
     if kind == "npy":
         return _decode_npy(bytes(data))
     if kind in ("png", "jpeg", "tiff"):
         return _decode_pillow(bytes(data), kind)
     raise DecodeError(
         "unrecognised image format: expected a DICOM Part-10 file (with 'DICM' preamble), "
-        "a PNG, JPEG or TIFF image, or a NumPy .npy array (raw bytes or base64 text)"
+        "a PNG, JPEG, JPEG 2000 or TIFF image, or a NumPy .npy array (raw bytes or base64 text)"
     )

@@ -10,6 +10,7 @@ and `member_XX/1/model.onnx` sit beside the Triton model folders.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,12 +21,20 @@ import numpy as np
 import numpy.typing as npt
 
 from fracscan import contract
-from fracscan.decode import DecodeError, decode_image
+from fracscan.decode import DecodedImage, DecodeError, decode_image
 from fracscan.heads import HeadAnswer, average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
 from fracscan.postprocess import Decision, average_maps, average_scores, decide
-from fracscan.preprocess import EmptyImageError, Geometry, normalize_frame, preprocess_frame
-from fracscan.spec import EnsembleSpec, load_spec
+from fracscan.preprocess import (
+    Box,
+    EmptyImageError,
+    Geometry,
+    crop_of,
+    normalize_frame,
+    preprocess_frame,
+    reducible_scale,
+)
+from fracscan.spec import EnsembleSpec, PreprocessSpec, load_spec
 from fracscan.thresholds import Thresholds
 
 
@@ -54,11 +63,30 @@ class PreparedFrame:
     stated: tuple[str, str] = NO_STATEMENT
 
 
+def decode_for_frame(data: bytes, pre: PreprocessSpec) -> tuple[DecodedImage, npt.NDArray[np.float32], Box]:
+    """Decode only what the frame needs: (the decoded image, its pixels ready to crop, the crop box).
+
+    A JPEG 2000 is decoded at the coarsest resolution level whose short side is >= S; when the crop
+    found there is shorter than S, at the finer level that leaves the crop >= S (never upsampled), and
+    the crop is found again there. Other formats are decoded once, at full size.
+    """
+    decoded = decode_image(data, min_side=pre.size, max_scale=reducible_scale)
+    while True:
+        img, box = crop_of(decoded.pixels, pre, decoded.scale, decoded.shape)
+        short = min(box[2] - box[0], box[3] - box[1])  # original pixels
+        if decoded.scale == 1 or short >= pre.size * decoded.scale:
+            return decoded, img, box
+        needed = math.ceil(pre.size * min(decoded.shape) / short)
+        decoded = decode_image(data, min_side=max(needed, min(decoded.pixels.shape) + 1), max_scale=reducible_scale)
+
+
 def prepare_frame(data: bytes, requested_region: str | None, spec: EnsembleSpec) -> PreparedFrame:
     """Step 1a (the `preprocess` model): decode, resolve the region, crop, resize, pad."""
     try:
-        decoded = decode_image(data)
-        plain, geometry = preprocess_frame(decoded.pixels, spec.preprocess)
+        decoded, img, box = decode_for_frame(data, spec.preprocess)
+        plain, geometry = preprocess_frame(
+            img, spec.preprocess, box=box, scale=decoded.scale, original_shape=decoded.shape
+        )
     except (DecodeError, EmptyImageError) as exc:
         raise InputError(f"preprocess: {exc}") from None
     region, source = spec.resolve_region(requested_region, decoded.region_terms)

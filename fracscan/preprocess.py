@@ -281,23 +281,24 @@ def local_contrast_normalize(
 
 
 @lru_cache(maxsize=64)
-def _bilinear_weights(in_size: int, out_size: int) -> sparse.csr_matrix:
+def _bilinear_weights(in_size: int, out_size: int, span: float = 0.0, offset: float = 0.0) -> sparse.csr_matrix:
     """Pillow's BILINEAR resampling along one axis as an out_size x in_size sparse matrix.
 
     The same coefficients as Pillow's `precompute_coeffs`: a triangle of half-width
     max(scale, 1) input pixels around each output centre (widened when shrinking, i.e.
-    anti-aliased), truncated at the edges and normalised to sum 1.
+    anti-aliased), truncated at the edges and normalised to sum 1. The output covers input
+    pixels [offset, offset + span) (default: all in_size of them).
     """
-    scale = in_size / out_size
+    scale = (span or in_size) / out_size
     filter_scale = max(scale, 1.0)
     support = filter_scale  # the bilinear filter's support is 1
     taps = int(np.ceil(support)) * 2 + 1
-    centers = (np.arange(out_size) + 0.5) * scale
+    centers = offset + (np.arange(out_size) + 0.5) * scale
     first = np.maximum((centers - support + 0.5).astype(np.int64), 0)
     end = np.minimum((centers + support + 0.5).astype(np.int64), in_size)
     cols = first[:, None] + np.arange(taps)[None, :]
     weights = np.clip(1.0 - np.abs((cols - centers[:, None] + 0.5) / filter_scale), 0.0, None)
-    weights[cols >= end[:, None]] = 0.0
+    weights[(cols >= end[:, None]) | (cols >= in_size)] = 0.0
     weights /= weights.sum(axis=1, keepdims=True)
     keep = weights > 0
     rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
@@ -308,10 +309,15 @@ def _bilinear_weights(in_size: int, out_size: int) -> sparse.csr_matrix:
 _BAND_ROWS = 32  # output rows per band: a band's clipped input rows (~100) stay in the cache
 
 
+Axis = tuple[float, float]  # (span, offset) of `_bilinear_weights`; (0, 0): the whole input
+
+
 @lru_cache(maxsize=64)
-def _row_bands(in_size: int, out_size: int) -> tuple[tuple[int, int, int, int, sparse.csr_matrix], ...]:
+def _row_bands(
+    in_size: int, out_size: int, axis: Axis = (0.0, 0.0)
+) -> tuple[tuple[int, int, int, int, sparse.csr_matrix], ...]:
     """The row weights cut into bands: (first, end) output rows, (first, end) input rows they read, weights."""
-    weights = _bilinear_weights(in_size, out_size)
+    weights = _bilinear_weights(in_size, out_size, *axis)
     bands = []
     for r0 in range(0, out_size, _BAND_ROWS):
         r1 = min(r0 + _BAND_ROWS, out_size)
@@ -321,8 +327,18 @@ def _row_bands(in_size: int, out_size: int) -> tuple[tuple[int, int, int, int, s
     return tuple(bands)
 
 
-def _resample(crop: NDArray[Any], lo: float, hi: float, rh: int, rw: int, window: NDArray[Any]) -> None:
+def _resample(
+    crop: NDArray[Any],
+    lo: float,
+    hi: float,
+    rh: int,
+    rw: int,
+    window: NDArray[Any],
+    axes: tuple[Axis, Axis] = ((0.0, 0.0), (0.0, 0.0)),
+) -> None:
     """window = the crop clipped to [lo, hi], resized to rh x rw, scaled to [-1, 1].
+
+    `axes`: the (span, offset) of crop pixels that rows and columns cover (`_reduced_axis`), default all.
 
     The pixels are clipped *before* resizing, as the [0, 1] image always was. The resize is
     Pillow's anti-aliased bilinear filter as sparse matrix products, the same weights with
@@ -331,8 +347,8 @@ def _resample(crop: NDArray[Any], lo: float, hi: float, rh: int, rw: int, window
     never copied). Resizing the clipped raw values and scaling the S x S result equals
     scaling first, up to round-off.
     """
-    bands = _row_bands(crop.shape[0], rh)
-    columns = _bilinear_weights(crop.shape[1], rw)
+    bands = _row_bands(crop.shape[0], rh, axes[0])
+    columns = _bilinear_weights(crop.shape[1], rw, *axes[1])
     scratch = np.empty((max(b - a for _, _, a, b, _ in bands), crop.shape[1]), np.float32)
     resized = np.empty((rh, rw), np.float32)
     narrow = crop.shape[1] < 8  # OpenCV would take an n x 1 array (n <= 4) for a scalar
@@ -367,8 +383,71 @@ def _checked_block_mean(img: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], 
     return img, small, k
 
 
+Box = tuple[int, int, int, int]  # (y0, x0, y1, x1): rows y0:y1, columns x0:x1
+
+
+def crop_block(shape: tuple[int, ...]) -> int:
+    """The side, in pixels of an image of `shape`, of the blocks its crop statistics average (`_block_mean`)."""
+    return max(1, int(np.ceil(max(shape) / _CROP_WORK_SIDE)))
+
+
+def reducible_scale(shape: tuple[int, int]) -> int:
+    """The coarsest scale (a power of two) at which a reduced resolution of an image of `shape` gives the same
+    crop statistics: its pixels must tile the statistics' blocks, i.e. divide crop_block(shape)."""
+    k = crop_block(shape)
+    return k & -k
+
+
+def _reduced_block_mean(img: NDArray[Any], scale: int, shape: tuple[int, int]) -> tuple[NDArray[Any], int]:
+    """The block mean the original of `shape` would have, from `img`, a 1/scale reduced resolution of it.
+
+    The same grid of k x k original pixels (k = crop_block(shape) >= scale): area resampling of the
+    reduced pixels they cover (an exact block average when scale divides k, see `reducible_scale`).
+    """
+    k = crop_block(shape)
+    h, w = (shape[0] // k) * k, (shape[1] // k) * k
+    rows, cols = min(img.shape[0], -(-h // scale)), min(img.shape[1], -(-w // scale))
+    return cv2.resize(img[:rows, :cols], (w // k, h // k), interpolation=cv2.INTER_AREA), k
+
+
+def crop_of(
+    img: NDArray[Any], spec: PreprocessSpec, scale: int = 1, original_shape: tuple[int, int] | None = None
+) -> tuple[NDArray[Any], Box]:
+    """(the image as float32 with NaN / inf set to 0, its crop box); raise EmptyImageError if it is all black.
+
+    `img` may be a 1/scale reduced resolution of an original of `original_shape` (scale <= crop_block of
+    it): the statistics are then those of the original's blocks, and the box is in original pixels.
+    """
+    img = np.asarray(img)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {img.shape}")
+    img, small, k = _checked_block_mean(img.astype(np.float32, copy=False))
+    shape: tuple[int, ...] = img.shape
+    if scale > 1:
+        shape = original_shape or (img.shape[0] * scale, img.shape[1] * scale)
+        small, k = _reduced_block_mean(img, scale, shape)
+    return img, _crop_box(small, k, shape, spec.crop == "keep_markers")
+
+
+def _reduced_axis(start: int, end: int, scale: int, length: int) -> tuple[int, int, Axis]:
+    """Original pixels [start, end) of a 1/scale reduced resolution: (first, end) reduced pixels to read,
+    and the (span, offset) the resampling covers in them.
+
+    A reduced pixel j is the wavelet low-pass centred on original pixel scale * j (not on the middle of
+    its scale x scale block), hence the (scale - 1) / (2 scale) shift.
+    """
+    first, last = start // scale, min(length, -(-end // scale))
+    return first, last, ((end - start) / scale, start / scale - first + (scale - 1) / (2 * scale))
+
+
 def preprocess_frame(
-    img: NDArray[Any], spec: PreprocessSpec, out: NDArray[Any] | None = None
+    img: NDArray[Any],
+    spec: PreprocessSpec,
+    out: NDArray[Any] | None = None,
+    *,
+    box: Box | None = None,
+    scale: int = 1,
+    original_shape: tuple[int, int] | None = None,
 ) -> tuple[NDArray[Any], Geometry]:
     """The decode-side half: crop, resize (anti-aliased), pad; return (plain [S, S], geometry).
 
@@ -376,28 +455,36 @@ def preprocess_frame(
     becomes S x S (each axis scaled on its own, no padding). The plain frame is in [-1, 1] and its
     padding is -1 (black). It is what the `preprocess` model serves (as FRAME [1, S, S]);
     `normalize_frame` (or the `normalize` model) makes the members' input from it.
+
+    `img` may be a reduced resolution of the original (a JPEG 2000 level: `scale` original pixels per
+    pixel, the original `original_shape`); the crop box and geometry are in original pixels all the same.
+    `box`: the crop when the caller has it already (`crop_of`; img must then be the image it returned).
     """
-    img = np.asarray(img)
-    if img.ndim != 2 or img.size == 0:
-        raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {img.shape}")
-    img, small, k = _checked_block_mean(img.astype(np.float32, copy=False))
-    y0, x0, y1, x1 = _crop_box(small, k, img.shape, spec.crop == "keep_markers")
-    crop = img[y0:y1, x0:x1]
+    if box is None:
+        img, box = crop_of(img, spec, scale, original_shape)
+    y0, x0, y1, x1 = box
+    axes: tuple[Axis, Axis] = ((0.0, 0.0), (0.0, 0.0))
+    if scale > 1:
+        r0, r1, rows = _reduced_axis(y0, y1, scale, img.shape[0])
+        c0, c1, cols = _reduced_axis(x0, x1, scale, img.shape[1])
+        crop, axes = img[r0:r1, c0:c1], (rows, cols)
+    else:
+        crop = img[y0:y1, x0:x1]
     lo, hi = _intensity_range(crop)
 
     size = spec.size
-    ch, cw = crop.shape
+    ch, cw = y1 - y0, x1 - x0
     if spec.resize == "stretch":
         rh = rw = size
     else:
-        scale = size / max(ch, cw)
-        rh, rw = max(1, min(size, round(ch * scale))), max(1, min(size, round(cw * scale)))
+        factor = size / max(ch, cw)
+        rh, rw = max(1, min(size, round(ch * factor))), max(1, min(size, round(cw * factor)))
     pad_top, pad_left = (size - rh) // 2, (size - rw) // 2
     plain = np.empty((size, size), dtype=np.float32) if out is None else out
     plain.fill(-1.0)
     window = plain[pad_top : pad_top + rh, pad_left : pad_left + rw]
     if hi - lo > 0:
-        _resample(crop, lo, hi, rh, rw, window)
+        _resample(crop, lo, hi, rh, rw, window, axes)
     else:
         window.fill(0.0)  # flat image: mid-gray
     return plain, Geometry(y0, x0, y1, x1, rh, rw, pad_top, pad_left, size)

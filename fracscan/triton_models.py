@@ -8,6 +8,7 @@ A bad input becomes an INVALID_ARG error response for that request: no exception
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import traceback
@@ -51,16 +52,19 @@ class _Base:
         self.spec = load_spec(self.repository / c.SPEC_FILE)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self.handle(request))
-            except InputError as exc:
-                responses.append(_error(self.step, exc, invalid_input=True))
-            except Exception as exc:  # never let one request take the stub down
-                pb_utils.Logger.log_error(f"{self.step}: {traceback.format_exc()}")
-                responses.append(_error(self.step, exc, invalid_input=False))
-        return responses
+        return [self._answer(request, self.handle) for request in requests]
+
+    def _answer(self, request, handle):
+        try:
+            return handle(request)
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: Exception) -> pb_utils.InferenceResponse:
+        if isinstance(exc, InputError):
+            return _error(self.step, exc, invalid_input=True)
+        pb_utils.Logger.log_error(f"{self.step}: {traceback.format_exc()}")  # never let one request take the stub down
+        return _error(self.step, exc, invalid_input=False)
 
 
 def _texts(rows: list[list[str]]) -> np.ndarray:
@@ -273,6 +277,9 @@ class StudyModel(_Base):
     A BLS model: one request to the `fracscan` ensemble per view, so that one bad view does not sink its
     study: it is reported in VIEW_ERRORS and the study is decided on the others (STUDY_VIEWS_USED). The
     decision is `fracscan.study.decide_study`. Only a study without any scored view is an error.
+
+    The views' requests are in flight together (`async_exec` from an `async def execute`): the ensemble's
+    instances and dynamic batching see a study's views at once, not one after another.
     """
 
     step = "study"
@@ -282,13 +289,25 @@ class StudyModel(_Base):
         super().initialize(args)
         self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
 
+    async def execute(self, requests):
+        return await asyncio.gather(*(self._answer_async(request) for request in requests))
+
+    async def _answer_async(self, request):
+        try:
+            return await self.handle_async(request)
+        except Exception as exc:
+            return self._failed(exc)
+
     def handle(self, request):
+        return asyncio.run(self.handle_async(request))
+
+    async def handle_async(self, request):
         images = _input(request, c.IMAGE)
         regions = _input(request, c.REGION)
         requested = _text(regions.reshape(-1)[0]).strip() if regions is not None and regions.size else ""
         if images is None or images.size == 0:
             raise InputError("study: IMAGE holds no view")
-        views = [self._view(bytes(item), requested) for item in images.reshape(-1)]
+        views = await asyncio.gather(*(self._view(bytes(item), requested) for item in images.reshape(-1)))
         used = [v for v in views if not v["error"]]
         if not used:
             errors = "; ".join(f"view {i}: {v['error']}" for i, v in enumerate(views))
@@ -330,7 +349,7 @@ class StudyModel(_Base):
             ]
         )
 
-    def _view(self, data: bytes, region: str) -> dict:
+    async def _view(self, data: bytes, region: str) -> dict:
         """One view through the ensemble: its score, region, level and boxes, or its error."""
         inputs = [pb_utils.Tensor(c.IMAGE, np.array([[data]], dtype=np.object_))]
         if region:
@@ -343,9 +362,9 @@ class StudyModel(_Base):
             "boxes": np.zeros((0, c.BOX_COLUMNS)),
         }
         try:
-            response = pb_utils.InferenceRequest(
+            response = await pb_utils.InferenceRequest(
                 model_name=c.ENSEMBLE_MODEL, requested_output_names=list(self.wanted), inputs=inputs
-            ).exec()
+            ).async_exec()
         except Exception as exc:  # the call itself failed (the ensemble is not loaded, ...)
             return {**failed, "error": f"{type(exc).__name__}: {exc}"}
         if response.has_error():
