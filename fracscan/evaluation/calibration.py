@@ -129,52 +129,10 @@ def calibrate(
     Regions with fewer than `min_positives` such boxes, or whose target is out of reach,
     keep their current map_threshold (from `current`, else 0.5) and a warning says why.
     """
-    check_fraction(target_sensitivity, "target sensitivity")
-    if definite_specificity is not None:
-        check_fraction(definite_specificity, "target specificity")
-    if min_positives < 1:
-        raise ValueError(f"min_positives must be at least 1, got {min_positives}")
-    if not cases:
-        raise EvaluationError('no labelled radiographs with an "ok" prediction to calibrate on')
+    _check_arguments(cases, target_sensitivity, definite_specificity, min_positives)
     warnings: list[str] = []
     groups = group_by_region(cases)
-    positives = [c.score for c in cases if c.label]
-    negatives = [c.score for c in cases if not c.label]
-    if not positives:
-        raise EvaluationError("no positive (fracture = 1) labels among the matched radiographs: cannot calibrate")
-    pooled = sensitivity_threshold(positives, target_sensitivity)
-    assert pooled is not None  # there are positives
-    if len(positives) < min_positives:
-        warnings.append(
-            f"the fallback threshold rests on only {len(positives)} positives (fewer than --min-positives {min_positives})"
-        )
-
-    def current_map(region: str | None) -> float:
-        if current is None:
-            return DEFAULT_MAP_THRESHOLD
-        return (current.fallback if region is None else current.for_region(region)[0]).map_threshold
-
-    scores: dict[str, float] = {}  # the regions that get an entry of their own
-    counts: dict[str, dict[str, int]] = {}
-    too_few: list[str] = []
-    for name, group in groups.items():
-        pos = [c.score for c in group if c.label]
-        counts[name] = {"n": len(group), "positives": len(pos)}
-        if name == UNKNOWN_REGION:
-            continue
-        own = sensitivity_threshold(pos, target_sensitivity)
-        if own is None or len(pos) < min_positives:
-            too_few.append(f"{name} ({len(pos)})")
-            continue
-        scores[name] = own
-    if too_few:
-        warnings.append(
-            f"{len(too_few)} region(s) with fewer than {min_positives} positives use the fallback threshold "
-            f"{pooled:.6g}: {', '.join(too_few)}"
-        )
-    if UNKNOWN_REGION in groups:
-        warnings.append(f"{len(groups[UNKNOWN_REGION])} radiographs of unknown region count only towards the fallback")
-
+    pooled, scores, counts = _score_thresholds(cases, groups, target_sensitivity, min_positives, warnings)
     prov: dict[str, Any] = {
         "target_sensitivity": float(target_sensitivity),
         "rule": "threshold = the ceil(target * P)-th largest positive score of the region (fracture iff score >= threshold)",
@@ -183,24 +141,18 @@ def calibrate(
         "fallback_regions": sorted(n for n in groups if n not in scores),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
     definite: dict[str, float] = {}
     fallback_definite = None
     if definite_specificity is not None:
         prov["definite_specificity"] = float(definite_specificity)
-        if negatives:
-            fallback_definite = max(_specificity(negatives, definite_specificity), pooled)
-            for name, threshold in scores.items():
-                neg = [c.score for c in groups[name] if not c.label]
-                own = _specificity(neg, definite_specificity) if len(neg) >= min_positives else fallback_definite
-                definite[name] = max(own, threshold)
-            sparse = [n for n in scores if sum(not c.label for c in groups[n]) < min_positives]
-            if sparse:
-                warnings.append(
-                    f"definite threshold from the pooled negatives (fewer than {min_positives} negatives): {', '.join(sparse)}"
-                )
-        else:
-            warnings.append("no negative labels: no definite (high-specificity) threshold computed")
+        definite, fallback_definite = _definite_thresholds(
+            cases, groups, scores, pooled, definite_specificity, min_positives, warnings
+        )
+
+    def current_map(region: str | None) -> float:
+        if current is None:
+            return DEFAULT_MAP_THRESHOLD
+        return (current.fallback if region is None else current.for_region(region)[0]).map_threshold
 
     maps = {name: current_map(name) for name in scores}
     fallback_map = current_map(None)
@@ -210,10 +162,7 @@ def calibrate(
         )
     else:
         prov["map_threshold"] = {"calibrated": False, "why": "no box labels (x0,y0,x1,y1): current map thresholds kept"}
-
-    for key, value in (provenance or {}).items():
-        if value is not None:
-            prov[key] = value
+    prov.update({key: value for key, value in (provenance or {}).items() if value is not None})
 
     thresholds = Thresholds(
         {name: OperatingPoint(threshold, maps[name], definite.get(name)) for name, threshold in scores.items()},
@@ -254,6 +203,86 @@ def score_distribution(
     regions = {name: summary(group, [point[name]] * len(group)) for name, group in group_by_region(cases).items()}
     regions[ALL_REGIONS] = summary(cases, [point[c.region] for c in cases])
     return {"probabilities": [float(p) for p in probabilities], "regions": regions}
+
+
+def _check_arguments(
+    cases: list[Case], target_sensitivity: float, definite_specificity: float | None, min_positives: int
+) -> None:
+    check_fraction(target_sensitivity, "target sensitivity")
+    if definite_specificity is not None:
+        check_fraction(definite_specificity, "target specificity")
+    if min_positives < 1:
+        raise ValueError(f"min_positives must be at least 1, got {min_positives}")
+    if not cases:
+        raise EvaluationError('no labelled radiographs with an "ok" prediction to calibrate on')
+
+
+def _score_thresholds(
+    cases: list[Case], groups: dict[str, list[Case]], target: float, min_positives: int, warnings: list[str]
+) -> tuple[float, dict[str, float], dict[str, dict[str, int]]]:
+    """Step 1, the score thresholds: (pooled fallback, {region: own threshold}, counts per region).
+
+    A region gets its own threshold only with at least `min_positives` positives; "unknown" never does."""
+    positives = [c.score for c in cases if c.label]
+    if not positives:
+        raise EvaluationError("no positive (fracture = 1) labels among the matched radiographs: cannot calibrate")
+    pooled = sensitivity_threshold(positives, target)
+    assert pooled is not None  # there are positives
+    if len(positives) < min_positives:
+        warnings.append(
+            f"the fallback threshold rests on only {len(positives)} positives (fewer than --min-positives {min_positives})"
+        )
+    scores: dict[str, float] = {}
+    counts: dict[str, dict[str, int]] = {}
+    too_few: list[str] = []
+    for name, group in groups.items():
+        pos = [c.score for c in group if c.label]
+        counts[name] = {"n": len(group), "positives": len(pos)}
+        if name == UNKNOWN_REGION:
+            continue
+        own = sensitivity_threshold(pos, target)
+        if own is None or len(pos) < min_positives:
+            too_few.append(f"{name} ({len(pos)})")
+            continue
+        scores[name] = own
+    if too_few:
+        warnings.append(
+            f"{len(too_few)} region(s) with fewer than {min_positives} positives use the fallback threshold "
+            f"{pooled:.6g}: {', '.join(too_few)}"
+        )
+    if UNKNOWN_REGION in groups:
+        warnings.append(f"{len(groups[UNKNOWN_REGION])} radiographs of unknown region count only towards the fallback")
+    return pooled, scores, counts
+
+
+def _definite_thresholds(
+    cases: list[Case],
+    groups: dict[str, list[Case]],
+    scores: dict[str, float],
+    pooled: float,
+    specificity: float,
+    min_positives: int,
+    warnings: list[str],
+) -> tuple[dict[str, float], float | None]:
+    """Step 2, the "definite" thresholds: ({region: threshold}, fallback), never below the score threshold.
+
+    From the region's negatives, or the pooled negatives when it has fewer than `min_positives` of them."""
+    negatives = [c.score for c in cases if not c.label]
+    if not negatives:
+        warnings.append("no negative labels: no definite (high-specificity) threshold computed")
+        return {}, None
+    fallback = max(_specificity(negatives, specificity), pooled)
+    definite = {}
+    for name, threshold in scores.items():
+        neg = [c.score for c in groups[name] if not c.label]
+        own = _specificity(neg, specificity) if len(neg) >= min_positives else fallback
+        definite[name] = max(own, threshold)
+    sparse = [n for n in scores if sum(not c.label for c in groups[n]) < min_positives]
+    if sparse:
+        warnings.append(
+            f"definite threshold from the pooled negatives (fewer than {min_positives} negatives): {', '.join(sparse)}"
+        )
+    return definite, fallback
 
 
 def _specificity(negative_scores: list[float], target: float) -> float:
