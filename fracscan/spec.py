@@ -370,7 +370,8 @@ def _check_unique_tensors(heads: contract.Heads, path: Path | str) -> None:
     names = [t.name for t in contract.ensemble_outputs(members, heads)]
     names += [t.name for t in contract.average_inputs(members, (0, 1), 8, heads)]
     names += [t.name for t in contract.threshold_inputs(members, 8, True, heads)]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    study = [t.name for t in contract.study_outputs(heads)]  # the study model's own outputs
+    repeated = sorted({n for group in (names, study) for n in group if group.count(n) > 1})
     if repeated:
         raise _fail(path, f"[heads]: the head names make tensor names collide: {repeated}")
 
