@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from fracscan.acquisition import Acquisition, csv_columns
-from fracscan.cli.console import OutputFormat
-from fracscan.client import Prediction, PredictionError
+from fracscan.cli.console import OutputFormat, fail
+from fracscan.client import FracScanClient, FracScanError, HeadResult, Prediction, PredictionError
 from fracscan.contract import QC_SEPARATOR
 from fracscan.decode import decode_image
 from fracscan.provenance import Provenance
@@ -69,17 +69,33 @@ def result_row(result: Prediction | PredictionError, heads: Sequence[str] = ()) 
     if not heads:
         return row
     error = row.pop("error")
-    found = result.heads if isinstance(result, Prediction) else {}
+    found, qc = (result.heads, result.qc) if isinstance(result, Prediction) else ({}, ())
+    return {**row, **head_keys(found, qc, heads), "error": error}
+
+
+def head_keys(found: dict[str, HeadResult], qc: Sequence[str], heads: Sequence[str]) -> dict[str, Any]:
+    """A row's head keys (see `result_row`); a head without an answer (an error row) has None."""
+    row: dict[str, Any] = {}
     for head in heads:
         answer = found.get(head)
         row[head] = answer.label if answer else None
         row[f"{head}_p"] = answer.confidence if answer else None
-    row["qc"] = list(result.qc) if isinstance(result, Prediction) else []
+    row["qc"] = list(qc)
     for head in heads:
         answer = found.get(head)
         row[f"{head}_probs"] = dict(answer.probs) if answer else None
-    row["error"] = error
     return row
+
+
+def served_heads(client: FracScanClient) -> tuple[str, ...]:
+    """The names of the served ensemble's classification heads (none for the Jones ensemble); exit 2 when
+    the server cannot say or a head name would overwrite an output column."""
+    try:
+        heads = tuple(client.heads())
+        check_head_names(heads)
+    except (FracScanError, ValueError) as exc:
+        fail(str(exc))
+    return heads
 
 
 def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:

@@ -4,7 +4,10 @@ Grouping: DICOM files by StudyInstanceUID; every other file (and a DICOM whose h
 by its folder, and it joins the DICOM study of that folder when the folder holds exactly one. Each
 study is one request to the server's `fracscan_study` model; its views' rows (`kind: "image"`) come
 first, then one study row (`kind: "study"`: the study key, how it was grouped, the view sources, the
-study score, decision, level and the number of views used). `--resume` works per study: a study
+study score, decision, level and the number of views used). With classification heads, every row has
+the keys of `fracscan predict`'s (`<head>`, `<head>_p`, `qc`, `<head>_probs`): a view row its own heads,
+the study row the study's (the views' weighted vote) and the QC warnings where its views disagree.
+`--resume` works per study: a study
 whose row is ok and whose views were all scored is skipped; any other study is scored again as a
 whole (its earlier rows are dropped first).
 """
@@ -28,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 from rich.console import Console
 
 from fracscan.atomic import atomic_write_bytes
-from fracscan.cli._predict_output import Writer, printable, result_row
+from fracscan.cli._predict_output import Writer, head_keys, printable, result_row, served_heads
 from fracscan.cli.console import OutputFormat, fail, failed_input, note, out, show_provenance
 from fracscan.client import (
     FracScanClient,
@@ -126,12 +129,13 @@ def drop_rows_of(output: Path, studies: list[Study]) -> None:
     atomic_write_bytes(output, b"".join(kept))  # an interrupted resume leaves the old file or the new one
 
 
-def view_row(view: ViewPrediction | PredictionError, study: Study) -> dict[str, Any]:
+def view_row(view: ViewPrediction | PredictionError, study: Study, heads: tuple[str, ...] = ()) -> dict[str, Any]:
     """A view's row: the keys of `fracscan predict`'s image rows, plus the study it belongs to."""
     base = {"kind": IMAGE_KIND, "study": study.key, "source": printable(view.source)}
     if isinstance(view, PredictionError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region"))
-        return {**base, "status": "error", **empty, "boxes": [], "error": view.error}
+        found = head_keys({}, (), heads) if heads else {}
+        return {**base, "status": "error", **empty, "boxes": [], **found, "error": view.error}
     return {
         **base,
         "status": "ok",
@@ -141,11 +145,12 @@ def view_row(view: ViewPrediction | PredictionError, study: Study) -> dict[str, 
         "threshold": view.threshold,
         "region": view.region,
         "boxes": [b.to_list() for b in view.boxes],
+        **(head_keys(view.heads, view.qc, heads) if heads else {}),
         "error": None,
     }
 
 
-def study_row(study: Study, answer: StudyPrediction | FracScanError) -> dict[str, Any]:
+def study_row(study: Study, answer: StudyPrediction | FracScanError, heads: tuple[str, ...] = ()) -> dict[str, Any]:
     row: dict[str, Any] = {
         "kind": STUDY_KIND,
         "study": study.key,
@@ -155,7 +160,8 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError) -> dict[str
     }
     if isinstance(answer, FracScanError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region", "rule", "calibrated"))
-        return {**row, "status": "error", **empty, "views_used": 0, "boxes": [], "error": answer.reason}
+        found = head_keys({}, (), heads) if heads else {}
+        return {**row, "status": "error", **empty, "views_used": 0, "boxes": [], **found, "error": answer.reason}
     return {
         **row,
         "status": "ok",
@@ -172,6 +178,7 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError) -> dict[str
         "calibrated": answer.calibrated,
         "boxes": [],
         "model": f"{answer.model_name}:{answer.model_version}",
+        **(head_keys(answer.heads, answer.qc, heads) if heads else {}),
         "error": None,
     }
 
@@ -188,7 +195,7 @@ def score_studies(
     client: FracScanClient, studies: list[Study], writer: Writer, *, region: str | None, concurrency: int
 ) -> StudyRun:
     """Score the studies, `concurrency` in flight, writing each study's rows in study order."""
-    run = StudyRun()
+    run, heads = StudyRun(), writer.heads
 
     def one(study: Study) -> StudyPrediction | FracScanError:
         try:
@@ -207,11 +214,11 @@ def score_studies(
                     else tuple(PredictionError(v, answer.reason, answer.kind) for v in study.views)
                 )
                 for view in views:
-                    row = view_row(view, study)
+                    row = view_row(view, study, heads)
                     writer.write(row)
                     if isinstance(view, PredictionError):
                         run.failures.append(view)
-                writer.write(study_row(study, answer))
+                writer.write(study_row(study, answer, heads))
                 run.studies += 1
                 run.positives += isinstance(answer, StudyPrediction) and answer.fracture
         except FracScanConnectionError as exc:
@@ -262,8 +269,9 @@ def predict_studies(
     studies, skipped = plan([s for s in found if isinstance(s, str)], output, resume)
     with connection as client, ExitStack() as files:
         show_provenance(client.provenance())
+        heads = served_heads(client)
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
-        writer = Writer(fmt, stream, append=bool(resume and skipped))
+        writer = Writer(fmt, stream, append=bool(resume and skipped), heads=heads)
         for error in unmatched:
             writer.write(result_row(error))
         run = score_studies(client, studies, writer, region=region, concurrency=concurrency)

@@ -25,10 +25,10 @@ from fracscan import contract as c
 from fracscan.atomic import atomic_write_bytes
 from fracscan.cli._predict_output import (
     Writer,
-    check_head_names,
     overlay_notice,
     printable,
     result_row,
+    served_heads,
     write_overlay,
 )
 from fracscan.cli._predict_pacs import PacsScorer, check_options, dicomweb_sources
@@ -125,17 +125,6 @@ def predict(
         writer.close(out if stream is sys.stdout else Console(file=stream))
     summarize(results, writer.count, skipped=len(done))
     raise typer.Exit(1 if results.failures else 0)
-
-
-def served_heads(client: FracScanClient) -> tuple[str, ...]:
-    """The names of the served ensemble's classification heads (none for the Jones ensemble); exit 2 when
-    the server cannot say or a head name would overwrite an output column."""
-    try:
-        heads = tuple(client.heads())
-        check_head_names(heads)
-    except (FracScanError, ValueError) as exc:
-        fail(str(exc))
-    return heads
 
 
 def discover(paths: list[str]) -> list[str | PredictionError]:

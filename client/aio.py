@@ -190,7 +190,8 @@ class AsyncFracScanClient(ClientBase):
         if self.closed:
             raise FracScanError("the client is closed")
         read = await asyncio.to_thread(read_views, views, self.decode_on_client)  # file I/O, DICOM parsing
-        request = StudyRequest.make(read, region)
+        heads = self._heads if self._heads is not None else await self._read_heads()
+        request = StudyRequest.make(read, region, heads)
         started = time.perf_counter()
         result = await self._call(request, STUDY_MODEL)
         return self._parse_study(result, request, time.perf_counter() - started)

@@ -3,20 +3,24 @@
 One request carries every view of one study; the server's study model scores each view with the
 ensemble and decides the study (see `fracscan.study`). A view the client cannot read, or the server
 cannot score, is a `PredictionError` among the views and the study is decided on the others.
+
+With an ensemble that has classification heads, the study answers each head too (the views' weighted
+vote, `fracscan.study.study_heads`) with QC warnings where the views disagree, and each view its own.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import numpy as np
 
 from fracscan import contract as c
 from fracscan.client.errors import FracScanError, InvalidInput
-from fracscan.client.models import Box, Level, PredictionError
+from fracscan.client.heads import HeadClasses
+from fracscan.client.models import Box, HeadResult, Level, PredictionError
 from fracscan.client.sources import Payload, Source, read_source, source_label
 
 
@@ -32,6 +36,8 @@ class ViewPrediction:
     boxes: tuple[Box, ...]
     sop_instance_uid: str | None = None
     series_instance_uid: str | None = None
+    heads: dict[str, HeadResult] = field(default_factory=dict)  # ensembles with heads only
+    qc: tuple[str, ...] = ()  # the view's own QC (DICOM contradicting a confident head)
 
     ok: ClassVar[bool] = True
 
@@ -52,7 +58,12 @@ class ViewPrediction:
             "boxes": [b.to_list() for b in self.boxes],
             "sop_instance_uid": self.sop_instance_uid,
             "series_instance_uid": self.series_instance_uid,
+            **_heads_dict(self.heads, self.qc),
         }
+
+
+def _heads_dict(heads: dict[str, HeadResult], qc: tuple[str, ...]) -> dict[str, Any]:
+    return {"heads": {name: h.to_dict() for name, h in heads.items()}, "qc": list(qc)} if heads else {}
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,10 @@ class StudyPrediction:
     model_name: str
     model_version: str
     latency_s: float
+    # Ensembles with heads only: each head's study answer (probs: the classes' shares of the views' votes)
+    # and the QC warnings where views disagree on a head that describes the study (laterality, body part).
+    heads: dict[str, HeadResult] = field(default_factory=dict)
+    qc: tuple[str, ...] = ()
 
     ok: ClassVar[bool] = True
 
@@ -99,6 +114,7 @@ class StudyPrediction:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "latency_s": self.latency_s,
+            **_heads_dict(self.heads, self.qc),
         }
 
 
@@ -126,15 +142,18 @@ class StudyRequest:
     region: str | None
     read_errors: tuple[tuple[int, PredictionError], ...]  # (index among the study's views, error)
     total: int  # views the caller gave
+    heads: HeadClasses = field(default_factory=dict)  # the ensemble's heads, whose study outputs are asked for
 
     @classmethod
-    def make(cls, views: Sequence[Payload | PredictionError], region: str | None) -> StudyRequest:
+    def make(
+        cls, views: Sequence[Payload | PredictionError], region: str | None, heads: HeadClasses | None = None
+    ) -> StudyRequest:
         region = (region or "").strip() or None
         payloads = tuple(v for v in views if isinstance(v, Payload))
         if region is None:  # decoded on the client: send the first view's DICOM term for the study
             region = next((p.dicom_region for p in payloads if p.dicom_region), None)
         errors = tuple((i, v) for i, v in enumerate(views) if isinstance(v, PredictionError))
-        return cls(payloads, region, errors, len(views))
+        return cls(payloads, region, errors, len(views), dict(heads or {}))
 
     @property
     def label(self) -> str:
@@ -151,11 +170,54 @@ class StudyRequest:
         if self.region:
             inputs.append(module.InferInput(c.REGION, [1], "BYTES"))
             inputs[1].set_data_from_numpy(np.array([self.region.encode()], dtype=np.object_))
-        return inputs, [module.InferRequestedOutput(name) for name in c.STUDY_OUTPUT_NAMES]
+        dims = tuple((h, len(k)) for h, k in self.heads.items())
+        names = [t.name for t in c.study_outputs(dims)]
+        return inputs, [module.InferRequestedOutput(name) for name in names]
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _head_result(name: str, classes: tuple[str, ...], label: str, probs: Any) -> HeadResult:
+    values = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if values.size != len(classes) or label not in classes:
+        raise ValueError(f"head {name!r}: {label!r} with {values.size} values for the classes {', '.join(classes)}")
+    return HeadResult(label, {k: float(v) for k, v in zip(classes, values, strict=True)})
+
+
+ViewHeads = dict[str, HeadResult]
+
+
+def parse_study_heads(
+    result: Any, heads: HeadClasses, views: int
+) -> tuple[ViewHeads, tuple[str, ...], list[ViewHeads], list[tuple[str, ...]]]:
+    """(study heads, study QC, each view's heads, each view's QC) of a `fracscan_study` answer; empty without heads.
+
+    A failed view (VIEW_<HEAD> "") gets no heads; a head or class the contract does not allow is a ValueError.
+    """
+    if not heads:
+        return {}, (), [{} for _ in range(views)], [() for _ in range(views)]
+    study: ViewHeads = {}
+    per_view: list[ViewHeads] = [{} for _ in range(views)]
+    for name, classes in heads.items():
+        top, probs = c.study_head_outputs(name)
+        study[name] = _head_result(name, classes, _text(result.as_numpy(top).reshape(-1)[0]), result.as_numpy(probs))
+        top, probs = c.view_head_outputs(name)
+        labels = [_text(v) for v in result.as_numpy(top).reshape(-1)]
+        rows = result.as_numpy(probs).reshape(len(labels), -1)
+        if len(labels) != views:
+            raise ValueError(f"{top}: {len(labels)} answers for {views} views")
+        for i, label in enumerate(labels):
+            if label:
+                per_view[i][name] = _head_result(name, classes, label, rows[i])
+    qc = _split_qc(result.as_numpy(c.STUDY_QC).reshape(-1)[0])
+    view_qc = [_split_qc(v) for v in result.as_numpy(c.VIEW_QC).reshape(-1)]
+    return study, qc, per_view, view_qc
+
+
+def _split_qc(value: Any) -> tuple[str, ...]:
+    return tuple(w for w in _text(value).split(c.QC_SEPARATOR) if w.strip())
 
 
 def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s: float) -> StudyPrediction:
@@ -170,6 +232,7 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
     boxes = result.as_numpy(c.VIEW_BOXES).reshape(-1, c.VIEW_BOX_COLUMNS)
     if not len(scores) == len(request.payloads) == len(errors):
         raise ValueError(f"{len(scores)} view answers for {len(request.payloads)} views")
+    study_heads, study_qc, view_heads, view_qc = parse_study_heads(result, request.heads, len(request.payloads))
     sent: list[ViewPrediction | PredictionError] = []
     for i, payload in enumerate(request.payloads):
         if errors[i]:
@@ -187,6 +250,8 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
                 own,
                 uids.get("sop"),
                 uids.get("series"),
+                view_heads[i],
+                view_qc[i],
             )
         )
     views: list[ViewPrediction | PredictionError] = []
@@ -220,4 +285,6 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
         model_name=name,
         model_version=str(version),
         latency_s=latency_s,
+        heads=study_heads,
+        qc=study_qc,
     )

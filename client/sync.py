@@ -228,7 +228,8 @@ class FracScanClient(ClientBase):
         """
         if self.closed:
             raise FracScanError("the client is closed")
-        request = StudyRequest.make(read_views(views, self.decode_on_client), region)
+        heads = self._heads if self._heads is not None else self._read_heads()
+        request = StudyRequest.make(read_views(views, self.decode_on_client), region, heads)
         started = time.perf_counter()
         result = self._call(self._clients, request, STUDY_MODEL)
         return self._parse_study(result, request, time.perf_counter() - started)

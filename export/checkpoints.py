@@ -26,7 +26,9 @@ the gray channel in its graph), so no stem is adapted. `classifier.6` is ImageNe
 classifier: it is dropped, with a note (a 1- or 2-class `classifier.6`, a fine-tuned fracture
 classifier, becomes `score_head` by the rule above). An ImageNet-only checkpoint therefore lacks
 `score_head` and the spec's `heads.*`; loading it fails naming those keys and saying that a trained
-fracture network is needed (fine-tune first). A checkpoint of fracscan's own vgg16 loads as is.
+fracture network is needed (fine-tune first). A checkpoint of fracscan's own vgg16 loads as is. A vgg16_bn
+member reads torchvision's `vgg16_bn` keys the same way (its BatchNorm2d at features.1, 4, ...: weight,
+bias, running_mean, running_var, num_batches_tracked).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 
-from fracscan.spec import MemberSpec
+from fracscan.spec import VGG_ARCHS, MemberSpec
 
 WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": ...}, {"model": ...} as training scripts save them
 NATIVE_PREFIXES = ("backbone.", "score_head.", "map_head.", "attention.", "heads.")
@@ -201,7 +203,7 @@ def _vgg_state(state: dict[str, Any], member: MemberSpec) -> Converted:
 
 def to_member_state(state: dict[str, Any], member: MemberSpec) -> Converted:
     """`state` in the member's key layout (see the module docstring); nothing is loaded yet."""
-    if member.arch == "vgg16":
+    if member.arch in VGG_ARCHS:
         return _vgg_state(state, member)
     layout = detect_layout(state)
     converted = Converted({}, layout)

@@ -1,6 +1,6 @@
 """Members by arch, from checkpoints: the factory, checkpoint loading and BatchNorm calibration.
 
-`build_member` makes a fresh member of a spec's arch (the DRNs of `fracscan.export.drn`, vgg16 of
+`build_member` makes a fresh member of a spec's arch (the DRNs of `fracscan.export.drn`, vgg16 / vgg16_bn of
 `fracscan.export.vgg`); `load_member` fills it from the spec's checkpoint (`fracscan.export.checkpoints`
 reads the file and maps reference key layouts), with a key-by-key report when the state_dict does not fit;
 `calibrate_batchnorm` gives an untrained member realistic BatchNorm statistics.
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fracscan.spec import MemberSpec
+from fracscan.spec import VGG_ARCHS, MemberSpec
 
 from .drn import FractureMember
 from .vgg import VGGMember
@@ -29,7 +29,7 @@ Member = nn.Module  # FractureMember or fracscan.export.vgg.VGGMember: spec, out
 
 def build_member(spec: MemberSpec) -> Member:
     """A freshly initialised member of `spec.arch` (train mode, as any new nn.Module)."""
-    if spec.arch == "vgg16":
+    if spec.arch in VGG_ARCHS:
         return VGGMember(spec)
     return FractureMember(spec)
 

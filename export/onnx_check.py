@@ -33,6 +33,7 @@ from pathlib import Path
 import onnx
 
 from fracscan.onnxrt import ort_session
+from fracscan.spec import VGG_ARCHS
 
 # ONNX operators (default domain) that TensorRT's ONNX parser supports. A DRN member exported
 # by fracscan uses Conv, Relu, Add, Mul, Sigmoid, MaxPool, GlobalAveragePool, Concat, Flatten,
@@ -135,7 +136,7 @@ TENSORRT_OPS: frozenset[str] = DRN_MEMBER_OPS | frozenset(
         "DequantizeLinear",
     }
 )
-# A vgg16 member (fracscan.export.vgg): Slice picks its channel, Mul + Add broadcast the gray channel to
+# A vgg16 / vgg16_bn member (fracscan.export.vgg; vgg16_bn's batch norm folded into its convs): Slice picks its channel, Mul + Add broadcast the gray channel to
 # ImageNet-normalised RGB (Expand / Concat if an exporter replicates explicitly), then convs, max pools,
 # the exact 7 x 7 AveragePool, Flatten and the Gemm classifier.
 VGG_MEMBER_OPS: frozenset[str] = frozenset(
@@ -199,7 +200,7 @@ TENSORRT_UNSUPPORTED_OPS: frozenset[str] = frozenset(
 
 def member_ops(arch: str, heads: bool = False) -> frozenset[str]:
     """The ops an exported member of `arch` may contain (`heads`: it has classification heads)."""
-    ops = VGG_MEMBER_OPS if arch == "vgg16" else DRN_MEMBER_OPS
+    ops = VGG_MEMBER_OPS if arch in VGG_ARCHS else DRN_MEMBER_OPS
     return (ops | HEAD_OPS) if heads else ops
 
 

@@ -19,12 +19,13 @@ import torch
 
 from fracscan import contract
 from fracscan.onnxrt import ort_session
-from fracscan.spec import MAP_STRIDE, VGG_STRIDE, MemberSpec
+from fracscan.spec import MAP_STRIDE, VGG_ARCHS, VGG_STRIDE, MemberSpec
 
 from .drn import SPP_GRIDS
 from .members import Member
 from .onnx_check import DRN_MEMBER_OPS, member_ops
 from .phantoms import phantom_frames
+from .vgg import VGGMember, fold_batchnorm, pooling_to_7
 
 # What a fracscan DRN member without heads may contain: one home (onnx_check), beside the full TensorRT
 # list (BatchNormalization is folded into Conv in eval-mode export; it is listed in case it is not).
@@ -42,11 +43,9 @@ class ExportError(RuntimeError):
 def _check_size(spec: MemberSpec, size: int) -> None:
     if size % MAP_STRIDE or size < 32:
         raise ValueError(f"member {spec.name!r}: size must be a multiple of {MAP_STRIDE} and >= 32, got {size}")
-    if spec.arch == "vgg16":
-        from .vgg import pooling_to_7
-
+    if spec.arch in VGG_ARCHS:
         if size % VGG_STRIDE:
-            raise ValueError(f"member {spec.name!r}: a vgg16 member needs size 224 x k or 256, got {size}")
+            raise ValueError(f"member {spec.name!r}: a {spec.arch} member needs size 224 x k or 256, got {size}")
         pooling_to_7(size // VGG_STRIDE)  # raises, naming the sizes that pool exactly
     grid = max(SPP_GRIDS)
     if spec.head == "spp" and (size // MAP_STRIDE) % grid:
@@ -91,10 +90,16 @@ def validate_onnx(model: onnx.ModelProto, spec: MemberSpec, size: int, opset: in
 
 
 def export_member(model: Member, spec_member: MemberSpec, size: int, path: str | Path, opset: int = 17) -> Path:
-    """Write `model` (exported in eval mode) to `path` as ONNX and validate it; returns the path."""
+    """Write `model` (exported in eval mode) to `path` as ONNX and validate it; returns the path.
+
+    A vgg16_bn member is exported with its batch norm folded into its convs (`fold_batchnorm`): the graph
+    has no BatchNormalization and computes what the eval-mode member computes.
+    """
     if model.spec != spec_member:
         raise ValueError(f"model was built for member {model.spec.name!r}, not {spec_member.name!r}")
     _check_size(spec_member, size)
+    if isinstance(model, VGGMember) and spec_member.arch == "vgg16_bn":
+        model = fold_batchnorm(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(model.output_names)

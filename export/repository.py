@@ -173,12 +173,12 @@ def threshold_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConf
     return _label_outputs(cfg, spec)
 
 
-def study_config(opt: RepositoryOptions) -> mc.ModelConfig:
+def study_config(spec: EnsembleSpec, opt: RepositoryOptions) -> mc.ModelConfig:
     """The BLS study model: no batching (one request is one study, its views along IMAGE's only dimension)."""
     return _config(
         c.STUDY_MODEL,
         c.STUDY_INPUTS,
-        c.study_outputs(),
+        c.study_outputs(spec.head_dims),
         0,
         backend="python",
         instance_group=_cpu_instances(opt.study_instances),
@@ -320,7 +320,7 @@ def write_repository(
         write_normalize_onnx(spec.preprocess, normalize_version / c.ONNX_FILE)
     write(average_config(spec, options), "AverageModel")
     write_labels(spec, write(threshold_config(spec, options), "ThresholdModel").parent)
-    write(study_config(options), "StudyModel")
+    write(study_config(spec, options), "StudyModel")
     hashes = []
     for i, onnx_path in enumerate(member_onnx):
         version = write(member_config(spec, i, target, options), "MemberModel" if target == "cpu" else None)

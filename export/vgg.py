@@ -1,10 +1,15 @@
 """VGG-16 (Simonyan and Zisserman 2015) as an ensemble member, as Olczak et al. 2017 used it.
 
-The layout is torchvision's, so an ImageNet-style VGG-16 state_dict maps 1:1 (fracscan.export.checkpoints):
+The layouts are torchvision's, so ImageNet-style `vgg16` and `vgg16_bn` state_dicts map 1:1
+(fracscan.export.checkpoints):
 
-    features.0 ... features.28   13 3x3 convs (bias, ReLU after each), 2x2 max pools at 4, 9, 16, 23, 30
-    classifier.0                 Linear(512 * 7 * 7 -> 4096), ReLU (1), Dropout (2)
-    classifier.3                 Linear(4096 -> 4096), ReLU (4), Dropout (5)
+    vgg16     features.0 ... features.28   13 3x3 convs (bias, ReLU after each), 2x2 max pools at 4, 9, 16, 23, 30
+    vgg16_bn  features.0 ... features.42   conv (bias), BatchNorm2d, ReLU per conv, max pools at 6, 13, 23, 33, 43
+    both      classifier.0                 Linear(512 * 7 * 7 -> 4096), ReLU (1), Dropout (2)
+              classifier.3                 Linear(4096 -> 4096), ReLU (4), Dropout (5)
+
+A `vgg16_bn` member trains with its batch norm; at export `fold_batchnorm` folds each BatchNorm2d into
+the conv before it (torch.nn.utils.fusion.fuse_conv_bn_eval), so the served graph is a plain VGG-16.
 
 torchvision's `classifier.6` (ImageNet's 1000 classes) is replaced by `score_head` Linear(4096 -> 1)
 (sigmoid: `score`) and one `heads.<name>` Linear(4096 -> K) per classification head (softmax:
@@ -27,12 +32,15 @@ AdaptiveAvgPool2d). So ImageNet weights keep their meaning at 256 x 256 without 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fracscan import contract
-from fracscan.spec import VGG_STRIDE, MemberSpec
+from fracscan.spec import VGG_ARCHS, VGG_STRIDE, MemberSpec
 
 from .member_parts import (
     check_channels,
@@ -53,14 +61,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DROPOUT = 0.5
 
 
-def vgg16_features(width: float = 1.0) -> nn.Sequential:
-    """`features.*` in torchvision's indices: conv, ReLU per layer, a max pool after each block."""
+def vgg16_features(width: float = 1.0, batch_norm: bool = False) -> nn.Sequential:
+    """`features.*` in torchvision's indices: conv (BatchNorm2d), ReLU per layer, a max pool after each block."""
     layers: list[nn.Module] = []
     cin = 3
     for block in VGG16_BLOCKS:
         for channels in block:
             cout = scale_channels(channels, width)
-            layers += [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            norm = [nn.BatchNorm2d(cout)] if batch_norm else []
+            layers += [nn.Conv2d(cin, cout, kernel_size=3, padding=1), *norm, nn.ReLU(inplace=True)]
             cin = cout
         layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
     return nn.Sequential(*layers)
@@ -81,7 +90,7 @@ def pooling_to_7(grid: int) -> tuple[int, int] | None:
 
 
 class VGGMember(nn.Module):
-    """A vgg16 member built from a `MemberSpec`: `forward(image)` -> {"score", "head_<name>" ...} probabilities.
+    """A vgg16 / vgg16_bn member of a `MemberSpec`: `forward(image)` -> {"score", "head_<name>" ...} probabilities.
 
     The same surface as `FractureMember`: `spec`, `output_names`, `select_input`, `forward_logits`
     (before the sigmoid / softmax, for training) and `forward`.
@@ -89,17 +98,19 @@ class VGGMember(nn.Module):
 
     def __init__(self, spec: MemberSpec):
         super().__init__()
-        if spec.arch != "vgg16":
-            raise ValueError(f"member {spec.name!r}: VGGMember builds arch vgg16, not {spec.arch}")
+        if spec.arch not in VGG_ARCHS:
+            raise ValueError(f"member {spec.name!r}: VGGMember builds arch {' or '.join(VGG_ARCHS)}, not {spec.arch}")
         if spec.map or spec.attention or spec.head != "gap":
-            raise ValueError(f"member {spec.name!r}: a vgg16 member has no map, attention or spp head")
+            raise ValueError(f"member {spec.name!r}: a {spec.arch} member has no map, attention or spp head")
         if spec.input == "both":
-            raise ValueError(f"member {spec.name!r}: a vgg16 member reads one channel (input plain or lcn), not both")
+            raise ValueError(
+                f"member {spec.name!r}: a {spec.arch} member reads one channel (input plain or lcn), not both"
+            )
         if not spec.width > 0:
             raise ValueError(f"member {spec.name!r}: width must be > 0, got {spec.width}")
         check_channels(spec)
         self.spec = spec
-        self.features = vgg16_features(spec.width)
+        self.features = vgg16_features(spec.width, batch_norm=spec.arch == "vgg16_bn")
         channels = scale_channels(512, spec.width)
         hidden = scale_channels(HIDDEN, spec.width)
         self.classifier = nn.Sequential(
@@ -120,10 +131,13 @@ class VGGMember(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """torchvision's VGG initialisation: He (fan out) for convs, N(0, 0.01) for the linear layers."""
+        """torchvision's VGG initialisation: He (fan out) for convs, BatchNorm at identity, N(0, 0.01) for linears."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
@@ -153,3 +167,20 @@ class VGGMember(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return probabilities(self.forward_logits(image))
+
+
+def fold_batchnorm(member: VGGMember) -> VGGMember:
+    """An eval-mode copy of `member` with each BatchNorm2d folded into its conv (a plain VGG-16 graph).
+
+    The copy computes what the eval-mode member computes (up to float rounding); the BatchNorm2d modules
+    become nn.Identity, so the torchvision indices of the other layers stay. A member without batch norm
+    comes back as an eval-mode copy.
+    """
+    folded = copy.deepcopy(member).eval()
+    layers = folded.features
+    for i in range(len(layers) - 1):
+        conv, norm = layers[i], layers[i + 1]
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            layers[i] = fuse_conv_bn_eval(conv, norm)
+            layers[i + 1] = nn.Identity()
+    return folded

@@ -32,6 +32,12 @@ study answer with `STUDY_` and its per-view answers with `VIEW_`:
                                                   STUDY_DEFINITE_THRESHOLD STUDY_FALLBACK STUDY_RULE
                                                   STUDY_CALIBRATED STUDY_VIEWS_USED REGION_USED
                                                   VIEW_SCORES VIEW_THRESHOLDS VIEW_LEVELS VIEW_REGIONS VIEW_ERRORS VIEW_BOXES
+
+With heads, `fracscan_study` adds per head STUDY_<HEAD> (BYTES [1]) and STUDY_<HEAD>_PROBS (FP32 [K], the
+classes' shares of the views' votes: fracscan.study.study_heads), then STUDY_QC (BYTES [1]: "" or the
+views' disagreements, "; "-joined), and per view, in request order, VIEW_<HEAD> (BYTES [N], "" for a
+failed view), VIEW_<HEAD>_PROBS (FP32 [N, K], zeros for a failed view) and VIEW_QC (BYTES [N], the view's
+own QC from the ensemble).
 """
 
 from __future__ import annotations
@@ -166,6 +172,8 @@ VIEW_LEVELS = "VIEW_LEVELS"
 VIEW_REGIONS = "VIEW_REGIONS"
 VIEW_ERRORS = "VIEW_ERRORS"  # "" for a view that was scored
 VIEW_BOXES = "VIEW_BOXES"
+STUDY_QC = "STUDY_QC"  # studies with heads: "" or the views' disagreements on a checked head, "; "-joined
+VIEW_QC = "VIEW_QC"  # each view's QC as the ensemble answered it ("" for a failed view)
 
 # A member model's own tensors (the ONNX graph's names: the same for every target).
 MEMBER_INPUT = "image"
@@ -213,6 +221,18 @@ def member_head(head: str) -> str:
 def member_head_probs(index: int, head: str) -> str:
     """Member `index`'s head probabilities as the ensemble names them between steps."""
     return f"{head_outputs(head)[1]}_{index:02d}"
+
+
+def study_head_outputs(head: str) -> tuple[str, str]:
+    """(top class, probabilities) output names of a head's study answer (fracscan_study)."""
+    top, probs = head_outputs(head)
+    return f"{STUDY_PREFIX}{top}", f"{STUDY_PREFIX}{probs}"
+
+
+def view_head_outputs(head: str) -> tuple[str, str]:
+    """(top classes [N], probabilities [N, K]) output names of a head's per-view answers (fracscan_study)."""
+    top, probs = head_outputs(head)
+    return f"{VIEW_PREFIX}{top}", f"{VIEW_PREFIX}{probs}"
 
 
 def labels_file(head: str) -> str:
@@ -345,8 +365,26 @@ STUDY_INPUTS: tuple[Tensor, ...] = (  # the study model does not batch: dims are
 )
 
 
-def study_outputs() -> tuple[Tensor, ...]:
-    """What one request to `fracscan_study` answers: the study, then its views in request order."""
+def study_outputs(heads: Heads = ()) -> tuple[Tensor, ...]:
+    """What one request to `fracscan_study` answers: the study, then its views in request order; heads last."""
+    return _study_core_outputs() + study_head_answer_outputs(heads)
+
+
+def study_head_answer_outputs(heads: Heads) -> tuple[Tensor, ...]:
+    """The study's and the views' head answers and QC (nothing for an ensemble without heads)."""
+    if not heads:
+        return ()
+    study: tuple[Tensor, ...] = ()
+    views: tuple[Tensor, ...] = ()
+    for h, k in heads:
+        top, probs = study_head_outputs(h)
+        study += (Tensor(top, "BYTES", (1,)), Tensor(probs, "FP32", (k,)))
+        top, probs = view_head_outputs(h)
+        views += (Tensor(top, "BYTES", (-1,)), Tensor(probs, "FP32", (-1, k)))
+    return (*study, Tensor(STUDY_QC, "BYTES", (1,)), *views, Tensor(VIEW_QC, "BYTES", (-1,)))
+
+
+def _study_core_outputs() -> tuple[Tensor, ...]:
     return (
         Tensor(STUDY_SCORE, "FP32", (1,)),
         Tensor(STUDY_FRACTURE, "BOOL", (1,)),
@@ -376,4 +414,5 @@ RESERVED_NAMES: frozenset[str] = frozenset(
     {IMAGE, REGION, FRAME, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
     | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD, QC, DICOM_LABELS}
     | set(STUDY_OUTPUT_NAMES)
+    | {STUDY_QC, VIEW_QC}
 )

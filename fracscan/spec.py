@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from fracscan import contract
 
-Arch = Literal["drn_c_26", "drn_d_22", "drn_d_38", "drn_d_54", "vgg16"]
+Arch = Literal["drn_c_26", "drn_d_22", "drn_d_38", "drn_d_54", "vgg16", "vgg16_bn"]
 MemberInput = Literal["plain", "lcn", "both"]
 ScoreHead = Literal["gap", "spp"]
 Resize = Literal["pad", "stretch"]
@@ -24,7 +24,8 @@ Crop = Literal["anatomy", "keep_markers"]
 QualityCheck = Literal["laterality", "body_part"]
 
 DRN_ARCHS: tuple[str, ...] = ("drn_c_26", "drn_d_22", "drn_d_38", "drn_d_54")
-ARCHS: tuple[str, ...] = (*DRN_ARCHS, "vgg16")
+VGG_ARCHS: tuple[str, ...] = ("vgg16", "vgg16_bn")  # vgg16_bn: batch norm after each conv, folded at export
+ARCHS: tuple[str, ...] = (*DRN_ARCHS, *VGG_ARCHS)
 MEMBER_INPUTS: tuple[str, ...] = ("plain", "lcn", "both")
 SCORE_HEADS: tuple[str, ...] = ("gap", "spp")
 RESIZES: tuple[str, ...] = ("pad", "stretch")
@@ -242,13 +243,13 @@ def parse_spec(raw: dict[str, Any], path: Path | str = "<spec>") -> EnsembleSpec
 def _check_member(member: MemberSpec, pre: PreprocessSpec, path: Path | str, where: str) -> None:
     if not pre.lcn and member.input != "plain":
         raise _fail(path, f"{where}: input = {member.input!r} needs LCN, but [preprocess] lcn = false")
-    if member.arch == "vgg16":
+    if member.arch in VGG_ARCHS:
         if member.map or member.attention or member.head != "gap":
-            raise _fail(path, f"{where}: a vgg16 member has no map, attention or spp head")
+            raise _fail(path, f"{where}: a {member.arch} member has no map, attention or spp head")
         grid = pre.size // VGG_STRIDE
         if pre.size % VGG_STRIDE or not (grid % 7 == 0 or grid == 8):
             raise _fail(
-                path, f"{where}: vgg16 needs [preprocess] size = 224 x k or 256 (7 x 7 pooling), got {pre.size}"
+                path, f"{where}: {member.arch} needs [preprocess] size = 224 x k or 256 (7 x 7 pooling), got {pre.size}"
             )
 
 
@@ -369,7 +370,8 @@ def _check_unique_tensors(heads: contract.Heads, path: Path | str) -> None:
     names = [t.name for t in contract.ensemble_outputs(members, heads)]
     names += [t.name for t in contract.average_inputs(members, (0, 1), 8, heads)]
     names += [t.name for t in contract.threshold_inputs(members, 8, True, heads)]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    study = [t.name for t in contract.study_outputs(heads)]  # the study model's own outputs
+    repeated = sorted({n for group in (names, study) for n in group if group.count(n) > 1})
     if repeated:
         raise _fail(path, f"[heads]: the head names make tensor names collide: {repeated}")
 

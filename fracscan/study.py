@@ -9,18 +9,28 @@ if more sensitive and less specific, default.
 
 Views that failed are left out; the answer counts the views it used. Numpy only: the Triton study
 model (`fracscan.triton_models.StudyModel`), the demo and the evaluation all call these functions.
+
+An ensemble with classification heads answers each head for the study too (`study_heads`): each scored
+view votes for its top class with its top-class probability as the weight; the study's class is the one
+with the largest sum of weights (a tie goes to the class of the earliest view among the tied ones), and
+its probabilities are the classes' shares of the votes. A head with a DICOM check (laterality, body part)
+describes the whole study, so a view whose top class differs from the study's is a QC warning; the views
+of a head without one (the exam view) differ by design.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from fracscan.contract import DEFAULT_STUDY_RULE, STUDY_RULES, UNKNOWN_REGION, Level
+from fracscan.heads import HeadAnswer, answer
 from fracscan.postprocess import level_for
+from fracscan.spec import HeadSpec
 from fracscan.thresholds import Thresholds
 
 
@@ -107,3 +117,37 @@ def decide_study(
         views_used=len(view_scores),
         disagreeing=disagreeing,
     )
+
+
+@dataclass(frozen=True)
+class StudyHeads:
+    answers: dict[str, HeadAnswer]  # per head: the study's class and the classes' vote shares
+    disagreeing: dict[str, tuple[int, ...]]  # per head with a check: the views whose top class differs
+    qc: tuple[str, ...]  # one warning per checked head whose views disagree; empty when they agree
+
+
+def study_heads(heads: Sequence[HeadSpec], views: Mapping[int, Mapping[str, npt.ArrayLike]]) -> StudyHeads:
+    """The study's answer for each head from its scored views' probabilities (see the module docstring).
+
+    `views` maps each scored view's index (in request order, which the warnings name) to its
+    probabilities per head, in the head's class order.
+    """
+    if not views:
+        raise StudyError("a study needs at least one scored view")
+    answers, disagreeing, qc = {}, {}, []
+    for head in heads:
+        found = {i: answer(head, probs[head.name]) for i, probs in views.items()}
+        votes = np.zeros(len(head.classes), dtype=np.float64)
+        for view in found.values():
+            votes[head.classes.index(view.label)] += view.confidence
+        best = votes.max()
+        label = next(v.label for v in found.values() if votes[head.classes.index(v.label)] == best)
+        answers[head.name] = HeadAnswer(label, (votes / votes.sum()).astype(np.float32))
+        if head.check is None:
+            continue
+        odd = tuple(i for i, v in found.items() if v.label != label)
+        disagreeing[head.name] = odd
+        if odd:
+            named = ", ".join(f"view {i}: {found[i].label} (p = {found[i].confidence:.2f})" for i in odd)
+            qc.append(f"{head.name}: the views disagree, the study is {label} by their votes ({named})")
+    return StudyHeads(answers, disagreeing, tuple(qc))

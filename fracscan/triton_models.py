@@ -24,7 +24,7 @@ from fracscan.pipeline import InputError, MemberOutputs, combine, normalize, pre
 from fracscan.postprocess import decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
-from fracscan.study import StudyError, decide_study
+from fracscan.study import StudyError, decide_study, study_heads
 from fracscan.thresholds import Thresholds
 
 
@@ -283,11 +283,13 @@ class StudyModel(_Base):
     """
 
     step = "study"
-    wanted = (c.SCORE, c.THRESHOLD, c.REGION_USED, c.LEVEL, c.BOXES)
+    wanted: tuple[str, ...] = (c.SCORE, c.THRESHOLD, c.REGION_USED, c.LEVEL, c.BOXES)
 
     def initialize(self, args):
         super().initialize(args)
         self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
+        heads = tuple(t.name for t in c.head_answer_outputs(self.spec.head_dims))
+        self.wanted = (*StudyModel.wanted, *heads)
 
     async def execute(self, requests):
         return await asyncio.gather(*(self._answer_async(request) for request in requests))
@@ -346,6 +348,7 @@ class StudyModel(_Base):
                     if boxes
                     else np.zeros((0, c.VIEW_BOX_COLUMNS), dtype=np.float32),
                 ),
+                *study_head_tensors(self.spec, views),
             ]
         )
 
@@ -371,6 +374,7 @@ class StudyModel(_Base):
             return {**failed, "error": response.error().message() or "the ensemble failed"}
         out = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self.wanted}
         rows = out[c.BOXES].reshape(-1, c.BOX_COLUMNS)
+        heads = {h.name: out[c.head_outputs(h.name)[1]].reshape(-1) for h in self.spec.heads}
         return {
             "score": float(out[c.SCORE].reshape(-1)[0]),
             "threshold": float(out[c.THRESHOLD].reshape(-1)[0]),
@@ -378,4 +382,32 @@ class StudyModel(_Base):
             "level": _text(out[c.LEVEL].reshape(-1)[0]),
             "boxes": rows[rows[:, 4] >= 0],  # the padding rows have confidence BOX_PADDING
             "error": "",
+            **({"heads": heads, "qc": _text(out[c.QC].reshape(-1)[0])} if heads else {}),
         }
+
+
+def study_head_tensors(spec, views: list[dict]) -> list:
+    """The study's and each view's head answers (contract.study_head_answer_outputs); [] without heads.
+
+    `views` are StudyModel._view's answers in request order: a scored one carries "heads" ({head:
+    probabilities}) and "qc"; a failed one has an "error". The study's answer is `fracscan.study.study_heads`.
+    """
+    if not spec.heads:
+        return []
+    scored = {i: v["heads"] for i, v in enumerate(views) if not v["error"]}
+    found = study_heads(spec.heads, scored)
+    study, per_view = [], []
+    for head in spec.heads:
+        top, probs = c.study_head_outputs(head.name)
+        answer = found.answers[head.name]
+        study += [pb_utils.Tensor(top, _texts([[answer.label]]).reshape(1)), pb_utils.Tensor(probs, answer.probs)]
+        rows = np.zeros((len(views), len(head.classes)), dtype=np.float32)  # a failed view's stay zero
+        labels = [""] * len(views)
+        for i, probs in scored.items():
+            rows[i] = probs[head.name]
+            labels[i] = head.classes[int(np.argmax(rows[i]))]
+        top, probs = c.view_head_outputs(head.name)
+        per_view += [pb_utils.Tensor(top, _texts([labels]).reshape(-1)), pb_utils.Tensor(probs, rows)]
+    qc = _texts([[c.QC_SEPARATOR.join(found.qc)]]).reshape(1)
+    view_qc = _texts([[v.get("qc", "") for v in views]]).reshape(-1)
+    return [*study, pb_utils.Tensor(c.STUDY_QC, qc), *per_view, pb_utils.Tensor(c.VIEW_QC, view_qc)]

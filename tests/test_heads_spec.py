@@ -77,7 +77,10 @@ def test_spec_round_trips_with_heads():
         ({"heads__view__colour": "red"}, "unknown keys ['colour']"),
         ({"preprocess__resize": "crop"}, "resize = 'crop'"),
         ({"heads__keys": {"classes": ["a", "b"]}}, "'keys' is a method of the members' head container"),
-        ({"heads__view_probs": {"classes": ["a", "b"]}}, "tensor names collide: ['VIEW_PROBS']"),
+        (
+            {"heads__view_probs": {"classes": ["a", "b"]}},
+            "tensor names collide: ['STUDY_VIEW_PROBS', 'VIEW_PROBS', 'VIEW_VIEW_PROBS']",
+        ),
         ({"heads__score_00": {"classes": ["a", "b"]}}, "tensor names collide: ['SCORE_00']"),
         ({"heads__view__classes": "left"}, "classes must be a list of class names"),
         ({"preprocess__size": 320}, "vgg16 needs [preprocess] size = 224 x k or 256"),

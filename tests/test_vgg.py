@@ -271,3 +271,164 @@ def test_export_random_init_of_a_narrow_olczak2017(tmp_path):
         contract.MEMBER_SCORE,
         *(contract.member_head(h.name) for h in VGG.heads),
     ]
+
+
+# torchvision's vgg16_bn, written out from its published layout: conv, BatchNorm2d, ReLU per conv (the conv
+# keeps its bias), max pools at 6, 13, 23, 33, 43; the classifier is vgg16's. Its documented parameter count:
+TORCHVISION_VGG16_BN_PARAMETERS = 138_365_992
+TV_BN_CONVS = dict(zip((0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40), TV_CONVS.values(), strict=True))
+TV_BN_POOLS = (6, 13, 23, 33, 43)
+BN = dataclasses.replace(SMALL, arch="vgg16_bn")
+
+
+def torchvision_bn_shapes(divisor: int = 1) -> dict[str, tuple[int, ...]]:
+    """torchvision vgg16_bn's state_dict keys and shapes (buffers included), every width divided by `divisor`."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (cout, cin) in TV_BN_CONVS.items():
+        c = cout // divisor
+        shapes[f"features.{i}.weight"] = (c, cin if cin == 3 else cin // divisor, 3, 3)
+        shapes[f"features.{i}.bias"] = (c,)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"features.{i + 1}.{name}"] = (c,)
+        shapes[f"features.{i + 1}.num_batches_tracked"] = ()
+    tv = torchvision_shapes(divisor)
+    return shapes | {k: s for k, s in tv.items() if k.startswith("classifier.")}
+
+
+def bn_state(divisor: int, seed: int) -> dict[str, torch.Tensor]:
+    """A torchvision-keyed vgg16_bn state with batch norm far from identity, so a lost or misplaced fold shows."""
+    shapes = torchvision_bn_shapes(divisor)
+    state = random_state({k: s for k, s in shapes.items() if s and "running" not in k}, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for i in TV_BN_CONVS:
+        c = shapes[f"features.{i}.bias"][0]
+        state[f"features.{i + 1}.weight"] = 0.5 + torch.rand(c, generator=g)
+        state[f"features.{i + 1}.bias"] = torch.randn(c, generator=g) * 0.2
+        state[f"features.{i + 1}.running_mean"] = torch.randn(c, generator=g) * 0.3
+        state[f"features.{i + 1}.running_var"] = 0.2 + torch.rand(c, generator=g) * 2
+        state[f"features.{i + 1}.num_batches_tracked"] = torch.tensor(100)
+    return state
+
+
+def reference_bn_forward(state: dict[str, torch.Tensor], gray: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What torchvision's eval-mode vgg16_bn computes on the gray image as RGB, then the heads."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = ((gray.repeat(1, 3, 1, 1) + 1) / 2 - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1)
+    for i in range(44):
+        if i in TV_BN_CONVS:
+            x = F.conv2d(x, state[f"features.{i}.weight"], state[f"features.{i}.bias"], padding=1)
+            bn = f"features.{i + 1}"
+            x = F.batch_norm(
+                x, state[f"{bn}.running_mean"], state[f"{bn}.running_var"], state[f"{bn}.weight"], state[f"{bn}.bias"]
+            )
+            x = F.relu(x)
+        elif i in TV_BN_POOLS:
+            x = F.max_pool2d(x, 2, 2)
+    x = torch.nn.AdaptiveAvgPool2d(7)(x).flatten(1)
+    for i in (0, 3):
+        x = F.relu(F.linear(x, state[f"classifier.{i}.weight"], state[f"classifier.{i}.bias"]))
+    out = {contract.MEMBER_SCORE: torch.sigmoid(F.linear(x, state["score_head.weight"], state["score_head.bias"]))}
+    for h in VGG.heads:
+        logits = F.linear(x, state[f"heads.{h.name}.weight"], state[f"heads.{h.name}.bias"])
+        out[contract.member_head(h.name)] = torch.softmax(logits, dim=1)
+    return out
+
+
+def test_the_hand_written_bn_layout_is_torchvision_vgg16_bn():
+    shapes = torchvision_bn_shapes()
+    trainable = sum(int(np.prod(s)) for k, s in shapes.items() if "running" not in k and "num_batches" not in k)
+    assert trainable == TORCHVISION_VGG16_BN_PARAMETERS
+    assert shapes["features.1.running_mean"] == (64,) and shapes["features.41.running_var"] == (512,)
+    assert shapes["features.40.weight"] == (512, 512, 3, 3) and "features.43.weight" not in shapes
+
+
+def test_width_one_vgg16_bn_takes_torchvision_s_keys_one_to_one():
+    with torch.device("meta"):
+        member = build_member(dataclasses.replace(VGG, arch="vgg16_bn"))
+    layers = member.features
+    assert [i for i, m in enumerate(layers) if isinstance(m, torch.nn.MaxPool2d)] == list(TV_BN_POOLS)
+    assert [i for i, m in enumerate(layers) if isinstance(m, torch.nn.BatchNorm2d)] == [i + 1 for i in TV_BN_CONVS]
+    trunk = count_parameters(member.features) + count_parameters(member.classifier)
+    assert trunk == TORCHVISION_VGG16_BN_PARAMETERS - IMAGENET_CLASSIFIER_PARAMETERS
+    imagenet = {k: torch.empty(s, device="meta") for k, s in torchvision_bn_shapes().items()}
+    converted = to_member_state(imagenet, member.spec)
+    assert converted.layout == "torchvision"
+    report = compare_state_dict(member, converted.state)
+    assert not report.unexpected and not report.shapes
+    assert {k.rsplit(".", 1)[0] for k in report.missing} == {"score_head"} | {f"heads.{h.name}" for h in VGG.heads}
+
+
+def test_a_torchvision_vgg16_bn_checkpoint_computes_what_torchvision_computes(tmp_path):
+    state = bn_state(divisor=16, seed=6) | trained_heads(4096 // 16, torch.Generator().manual_seed(7))
+    torch.save({"state_dict": state}, tmp_path / "vgg_bn.pt")
+    member = load_member(dataclasses.replace(BN, checkpoint="vgg_bn.pt"), tmp_path).eval()
+    gray = torch.from_numpy(synthetic_radiographs(2, S, seed=1, channels=1))
+    with torch.no_grad():
+        got, want = member(gray), reference_bn_forward(state, gray)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_folding_keeps_the_indices_and_the_answers():
+    from fracscan.export.vgg import fold_batchnorm
+
+    member = build_member(BN)
+    state = bn_state(16, seed=8) | trained_heads(256, torch.Generator().manual_seed(9))
+    member.load_state_dict(to_member_state(state, BN).state)
+    member.eval()
+    folded = fold_batchnorm(member)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in member.modules())  # the member itself is untouched
+    assert [i for i, m in enumerate(folded.features) if isinstance(m, torch.nn.Conv2d)] == list(TV_BN_CONVS)
+    x = torch.from_numpy(synthetic_radiographs(2, S, seed=4, channels=1))
+    with torch.no_grad():
+        want, got = member(x), folded(x)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_vgg16_bn_member_exports_as_a_plain_vgg_with_its_batch_norm_folded(tmp_path):
+    state = bn_state(16, seed=10) | trained_heads(256, torch.Generator().manual_seed(11))
+    model = build_member(BN)
+    model.load_state_dict(to_member_state(state, BN).state)
+    model.train()  # export folds the eval-mode statistics whatever mode the member is in
+    path = export_member(model, BN, S, tmp_path / "vgg_bn.onnx")
+    assert model.training
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops
+    plain = onnx.load(str(export_member(build_member(SMALL), SMALL, S, tmp_path / "vgg.onnx")))
+    assert ops <= {n.op_type for n in plain.graph.node}  # nothing a plain vgg16 graph lacks
+    assert sum(n.op_type == "Conv" for n in proto.graph.node) == 13
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["fracscan.arch"] == "vgg16_bn"
+    assert check_members([path], S, channels=1)[0].ok
+    assert check_parity(model, path, S) < 1e-4  # against the unfused eval-mode member
+    x = synthetic_radiographs(2, S, seed=12, channels=1)
+    names = [o.name for o in proto.graph.output]
+    served = dict(zip(names, ort_session(path).run(names, {contract.MEMBER_INPUT: x}), strict=True))
+    with torch.no_grad():
+        want = reference_bn_forward(state, torch.from_numpy(x))
+    for name in names:
+        np.testing.assert_allclose(served[name], want[name].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ({"map": True}, "a vgg16_bn member has no map"),
+        ({"head": "spp"}, "a vgg16_bn member has no map"),
+    ],
+)
+def test_the_vgg16_checks_apply_to_vgg16_bn(member, message):
+    from fracscan.spec import SpecError, parse_spec, spec_to_dict
+
+    raw = spec_to_dict(OLCZAK)
+    raw["members"][0] = {"name": "vgg_bn", "arch": "vgg16_bn", **member}
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw, "olczak.toml")
+    raw["members"][0] = {"name": "vgg_bn", "arch": "vgg16_bn"}
+    assert parse_spec(raw, "olczak.toml").members[0].arch == "vgg16_bn"
+    raw["preprocess"]["size"] = 320
+    with pytest.raises(SpecError, match="vgg16_bn needs \\[preprocess\\] size = 224 x k or 256"):
+        parse_spec(raw, "olczak.toml")
