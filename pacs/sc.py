@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from fracscan.client import overlay
-from fracscan.pacs import uids
+from fracscan.pacs import filing, uids
 from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "sc"
@@ -39,7 +39,7 @@ def build(scored: ScoredImage) -> Dataset:
         series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
         series_number=SERIES_NUMBER,
         sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
-        instance_number=int(source.get("InstanceNumber") or 1),
+        instance_number=filing.instance_number(source),
         manufacturer=MANUFACTURER,
         patient_orientation=_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -50,6 +50,8 @@ def build(scored: ScoredImage) -> Dataset:
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     capture.SourceImageSequence = [reference]
+    filing.carry_series(capture, source)
+    filing.carry_lossy(capture, source)  # burned-in copy of lossy pixels is itself lossy
     return capture
 
 
