@@ -2,8 +2,9 @@
 
 Every result (SR, GSPS, SC) gets the study's description and the source's de-identification
 record (a de-identified study must not gain an object that looks identified). The GSPS and SC series
-get the source's Body Part Examined and Laterality (General Series: Type 2C for a paired structure;
-empty when the source states neither Laterality nor a left / right Image Laterality). The SC, whose
+get the source's Body Part Examined and Laterality (General Series, Type 2C: required, empty when the
+source states neither Laterality nor a left / right Image Laterality, for a paired body part; absent
+for any other unless the source states a side). The SC, whose
 pixels are the source's, also says when those pixels went through lossy compression.
 
 Instance Numbers: a result series holds one result per source image of the study, and the
@@ -27,6 +28,47 @@ LOSSY_METHODS = {  # transfer syntax -> Lossy Image Compression Method (C.7.6.1.
     "1.2.840.10008.1.2.4.201": "ISO_15444_15",
     "1.2.840.10008.1.2.4.203": "ISO_15444_15",
 }
+PAIRED_BODY_PARTS = frozenset(  # Body Part Examined defined terms of paired structures
+    [
+        "ANKLE",
+        "ARM",
+        "BREAST",
+        "CALCANEUS",
+        "CALF",
+        "CLAVICLE",
+        "EAR",
+        "ELBOW",
+        "EXTREMITY",
+        "EYE",
+        "FEMUR",
+        "FIBULA",
+        "FINGER",
+        "FOOT",
+        "FOREARM",
+        "HAND",
+        "HEEL",
+        "HIP",
+        "HUMERUS",
+        "KIDNEY",
+        "KNEE",
+        "LEG",
+        "LOWERLIMB",
+        "ORBIT",
+        "PAROTID",
+        "RADIUS",
+        "SCAPULA",
+        "SHOULDER",
+        "SUBMANDIBULAR",
+        "THIGH",
+        "THUMB",
+        "TIBIA",
+        "TOE",
+        "ULNA",
+        "UPPERLIMB",
+        "UPRLIMB",
+        "WRIST",
+    ]
+)
 INSTANCE_SPAN = 100_000
 MAX_INSTANCE_NUMBER = 2**31 - 1  # IS
 
@@ -53,7 +95,9 @@ def carry_series(result: Dataset, source: Dataset) -> None:
     body_part = str(source.get("BodyPartExamined") or "").strip()
     if body_part:
         result.BodyPartExamined = body_part
-    result.Laterality = laterality(source)
+    side = laterality(source)
+    if side or body_part.upper() in PAIRED_BODY_PARTS:
+        result.Laterality = side
 
 
 def carry_lossy(result: Dataset, source: Dataset) -> None:

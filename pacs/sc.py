@@ -1,14 +1,12 @@
 """The Secondary Capture: a copy of the radiograph with the boxes and the decision burned in.
 
 For viewers that do not apply presentation states. The findings are drawn as the CLI's overlays
-draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision line
-sits at the top, and an ensemble without clinical
+draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision, the
+classification heads' answers, any quality-control warning and the box legend sit at the top, and an ensemble without clinical
 meaning (demo, random weights) gets a red banner across the image that no viewer can switch off.
 """
 
 from __future__ import annotations
-
-import textwrap
 
 import highdicom as hd
 import numpy as np
@@ -60,8 +58,8 @@ def render(scored: ScoredImage) -> Image.Image:
     image = overlay.windowed(scored.pixels)
     overlay.draw_findings(image, scored.prediction.boxes, scored.level)
     font_size = overlay.font_size_for(image)
-    text = "\n".join(textwrap.wrap(scored.decision_text(), width=max(16, int(image.size[0] / (0.6 * font_size)))))
-    overlay.draw_text(image, text)
+    p = scored.prediction
+    overlay.draw_text(image, "\n".join([scored.decision_text(), *overlay.answer_lines(p.heads, p.qc, p.boxes)]))
     if scored.algorithm.banner:
         draw = ImageDraw.Draw(image)
         top = image.size[1] - 2 * font_size - 8

@@ -28,7 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from fracscan.client.models import HeadResult
+from fracscan.client.models import Box, HeadResult
 from fracscan.pacs import filing, uids
 from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
 
@@ -179,55 +179,84 @@ def _evaluations(scored: ScoredImage) -> list[hd.sr.ContentItem]:
     return [*finding(p.fracture, scored.level), *head_items(p.heads, p.qc)]
 
 
-def _finding_sites(scored: ScoredImage) -> list[hd.sr.FindingSite]:
-    site = REGION_SITES.get(scored.prediction.region)
-    side = LATERALITY.get(filing.laterality(scored.dataset))
-    return [hd.sr.FindingSite(anatomic_location=site, laterality=side)] if site else []
-
-
 def _image_group(scored: ScoredImage) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 over the whole image: the score and the operating point."""
     p = scored.prediction
-    measurements = [
-        hd.sr.Measurement(name=SCORE, value=p.score, unit=NO_UNITS),
-        hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=p.threshold, unit=NO_UNITS),
-    ]
-    definite = getattr(p, "definite_threshold", None)
-    if definite is not None:
-        measurements.append(hd.sr.Measurement(name=DEFINITE_THRESHOLD, value=definite, unit=NO_UNITS))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.derived_uid("image-group", scored.sop_instance_uid, scored.algorithm.version),
-            identifier="fracscan image finding",
-        ),
-        finding_type=FRACTURE,
-        algorithm_id=algorithm_id(scored.algorithm, scored.parameters()),
-        finding_sites=_finding_sites(scored),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(scored.dataset)],
-        measurements=measurements,
+    return measurement_group(
+        uids.derived_uid("image-group", scored.sop_instance_uid, scored.algorithm.version),
+        "fracscan image finding",
+        algorithm_id(scored.algorithm, scored.parameters()),
+        finding_sites(p.region, scored.dataset),
+        [scored.dataset],
+        (p.score, p.threshold, getattr(p, "definite_threshold", None)),
     )
 
 
 def _box_groups(scored: ScoredImage) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    p = scored.prediction
+    algorithm = algorithm_id(scored.algorithm, scored.parameters())
+    return box_groups(p.boxes, scored.dataset, algorithm, finding_sites(p.region, scored.dataset), scored.algorithm)
+
+
+def finding_sites(region: str, source: Dataset) -> list[hd.sr.FindingSite]:
+    """The region as a SNOMED CT site, with the laterality the source states (none for an unknown region)."""
+    site = REGION_SITES.get(region)
+    side = LATERALITY.get(filing.laterality(source))
+    return [hd.sr.FindingSite(anatomic_location=site, laterality=side)] if site else []
+
+
+def measurement_group(
+    uid: str,
+    identifier: str,
+    algorithm: hd.sr.AlgorithmIdentification,
+    sites: list[hd.sr.FindingSite],
+    sources: Sequence[Dataset],
+    values: tuple[float, float, float | None],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: a score, its threshold and the definite threshold (when there is one), over the source images."""
+    score, threshold, definite = values
+    measurements = [
+        hd.sr.Measurement(name=SCORE, value=score, unit=NO_UNITS),
+        hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=threshold, unit=NO_UNITS),
+    ]
+    if definite is not None:
+        measurements.append(hd.sr.Measurement(name=DEFINITE_THRESHOLD, value=definite, unit=NO_UNITS))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
+        finding_type=FRACTURE,
+        algorithm_id=algorithm,
+        finding_sites=sites,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources],
+        measurements=measurements,
+    )
+
+
+def box_groups(
+    boxes: Sequence[Box],
+    source: Dataset,
+    algorithm: hd.sr.AlgorithmIdentification,
+    sites: list[hd.sr.FindingSite],
+    weights: Algorithm,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """TID 1410 per box: the box as a closed polyline on the source image, with its confidence."""
     groups = []
-    for number, box in enumerate(scored.prediction.boxes, start=1):
+    for number, box in enumerate(boxes, start=1):
         corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1), (box.x0, box.y0)]
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=np.array(corners, dtype=np.float64),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(scored.dataset),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
         )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uids.derived_uid("box", scored.sop_instance_uid, scored.algorithm.version, str(number)),
+                    uid=uids.derived_uid("box", str(source.SOPInstanceUID), weights.version, str(number)),
                     identifier=f"fracscan box {number}",
                 ),
                 referenced_region=region,
                 finding_type=FRACTURE,
-                algorithm_id=algorithm_id(scored.algorithm, scored.parameters()),
-                finding_sites=_finding_sites(scored),
+                algorithm_id=algorithm,
+                finding_sites=sites,
                 measurements=[hd.sr.Measurement(name=BOX_CONFIDENCE, value=box.confidence, unit=NO_UNITS)],
             )
         )
