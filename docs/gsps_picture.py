@@ -30,7 +30,7 @@ def main() -> None:
         work = Path(tmp)
         source = work / "source.dcm"
         ds = pydicom.dcmread(SOURCE)
-        ds.decompress()  # dcmp2pgm reads no JPEG 2000
+        ds.decompress(generate_instance_uid=False)  # dcmp2pgm reads no JPEG 2000; the GSPS names this UID
         ds.save_as(source)
         results = work / "results"
         command = ["predict", str(SOURCE), "--embedded", "--format", "jsonl", "--sr-dir", str(results)]

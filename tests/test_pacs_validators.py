@@ -25,7 +25,7 @@ import pydicom
 import pytest
 from conftest import EXAMPLES
 from PIL import Image
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from test_pacs_writers import make_study, report_evaluations
 
 from fracscan.client import FracScanClient, Prediction
@@ -113,10 +113,12 @@ def drawn_polylines(source: Path, state: Path) -> list[list[tuple[float, float]]
 
 
 def uncompressed(source: Path, folder: Path) -> Path:
-    """The source with its pixels decompressed (dcmp2pgm reads no JPEG 2000); same UIDs."""
+    """The source decompressed and inflated (dcmp2pgm reads no JPEG 2000, dcentvfy no deflate); same UIDs."""
     ds = pydicom.dcmread(source)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
+    if ds.file_meta.TransferSyntaxUID.is_deflated:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     path = folder / f"{source.stem}.uncompressed.dcm"
     ds.save_as(path)
     return path
@@ -196,9 +198,9 @@ def test_dciodvfy_finds_no_error_a_source_does_not_already_have(cases, olczak_ca
         assert not extra, f"{result.name}: {sorted(extra)}"
 
 
-def test_dcentvfy_finds_each_source_and_its_results_consistent(cases, olczak_case):
+def test_dcentvfy_finds_each_source_and_its_results_consistent(cases, olczak_case, tmp_path):
     for case in [*cases.values(), olczak_case]:
-        files = [case.source, *case.results.values()]
+        files = [uncompressed(case.source, tmp_path), *case.results.values()]
         done = _run("dcentvfy", *map(str, files))
         errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{case.source.name}: {errors}"
@@ -318,7 +320,7 @@ def test_instance_numbers_are_unique_within_each_result_series(cases):
 def test_message_ids_increase_on_one_association(cases):
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
     from pynetdicom.sop_class import (
-        ComprehensiveSRStorage,
+        Comprehensive3DSRStorage,
         GrayscaleSoftcopyPresentationStateStorage,
         SecondaryCaptureImageStorage,
     )
@@ -330,7 +332,11 @@ def test_message_ids_increase_on_one_association(cases):
         return 0x0000
 
     ae = AE(ae_title="RECEIVER")
-    for sop_class in (ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage, SecondaryCaptureImageStorage):
+    for sop_class in (
+        Comprehensive3DSRStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+        SecondaryCaptureImageStorage,
+    ):
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     scp = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
