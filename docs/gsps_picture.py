@@ -4,7 +4,7 @@
 
 dcmp2pgm renders the image through the presentation state's pipeline (Modality LUT, VOI window,
 Presentation LUT Shape INVERSE) but burns no graphics into its bitmap; it lists the graphic objects
-it read (`-v`), and those polylines are drawn on its rendering here, in orange.
+it read (`-v`), and those polylines are drawn on its rendering here, in their layer's colour.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "examples" / "femur_fracture_cr_mono1.dcm"
 OUT = ROOT / "docs" / "gsps-mono1-cr.png"
 HEIGHT = 360  # each panel, to keep the picture small
+LAYER_COLOURS = {"SUSPICIOUS": (255, 165, 0), "DEFINITE": (255, 40, 40)}  # as the GSPS layers recommend
 
 
 def main() -> None:
@@ -47,15 +48,19 @@ def main() -> None:
         )
         rendered = Image.open(pgm).convert("RGB")
         draw = ImageDraw.Draw(rendered)
-        for match in re.finditer(r"coordinates: ([-0-9.\\, ]+)", listing.stdout + listing.stderr):
-            points = [tuple(float(v) for v in p.split("\\")) for p in match.group(1).split(",") if p.strip()]
-            draw.line(points, fill=(255, 165, 0), width=2)
+        colour = LAYER_COLOURS["SUSPICIOUS"]
+        for line in (listing.stdout + listing.stderr).splitlines():
+            if layer := re.search(r"Graphic Layer #\d+ \[(\w+)\]", line):
+                colour = LAYER_COLOURS.get(layer.group(1), colour)
+            elif match := re.search(r"coordinates: ([-0-9.\\, ]+)", line):
+                points = [tuple(float(v) for v in p.split("\\")) for p in match.group(1).split(",") if p.strip()]
+                draw.line(points, fill=colour, width=2)
         sc = Image.fromarray(np.asarray(pydicom.dcmread(capture).pixel_array))
         panels = [im.resize((round(im.width * HEIGHT / im.height), HEIGHT)) for im in (rendered, sc)]
         picture = Image.new("RGB", (sum(p.width for p in panels) + 8, HEIGHT), (255, 255, 255))
         picture.paste(panels[0], (0, 0))
         picture.paste(panels[1], (panels[0].width + 8, 0))
-        picture.save(OUT, optimize=True)
+        picture.quantize(colors=96, method=Image.Quantize.FASTOCTREE).save(OUT, optimize=True)
     print(f"wrote {OUT}")
 
 
