@@ -232,7 +232,8 @@ def write_overlay(result: Prediction, overlay_dir: Path, notice: str) -> None:
     image = overlay.windowed(decode_image(Path(result.source).read_bytes()).pixels)
     overlay.draw_findings(image, result.boxes, result.level)
     text = f"{verdict(result)}  score {result.score:.3f} / threshold {result.threshold:.3f}  region {result.region}"
-    overlay.draw_text(image, text + ("\n" + notice if notice else ""))
+    lines = [text, *overlay.answer_lines(result.heads, result.qc, result.boxes)] + ([notice] if notice else [])
+    overlay.draw_text(image, "\n".join(lines))
     name = str(Path(result.source).with_suffix("")).strip("/").replace(os.sep, "__") + ".png"
     image.save(overlay_dir / name)
 

@@ -1,4 +1,5 @@
-"""`fracscan predict` and the PACS: `--sr-dir` (SR, GSPS, SC files) and `--dicomweb/--study/--store`.
+"""`fracscan predict` and the PACS: `--sr-dir` (SR, GSPS, SC files; a study SR with `--by-study`) and
+`--dicomweb/--study/--store`.
 
 `dicomweb_sources` lists a study's images as `dicomweb:<study>/<series>/<instance>` labels (so
 `--resume` works on them as on paths); `PacsScorer` stands in for the client in `predict`'s scoring
@@ -10,7 +11,7 @@ Console lines name paths and UIDs only, never a patient attribute.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from fracscan.cli.console import fail, note, warn
-from fracscan.client import FracScanClient, Prediction, PredictionError
+from fracscan.client import FracScanClient, Prediction, PredictionError, StudyPrediction
 from fracscan.decode import SNIFF_BYTES, sniff_kind
 from fracscan.provenance import Provenance
 
@@ -125,6 +126,23 @@ class PacsScorer:
             results.write_results(self.sr_dir, data, prediction, self.provenance)
         except Exception as exc:
             warn(f"no SR for {prediction.source}: {_scrubbed(exc, data)}")
+
+
+def study_sr_writer(sr_dir: Path, provenance: Provenance | None) -> Callable[[StudyPrediction], None]:
+    """`--by-study --sr-dir`: after each study answer, its study SR (a note when no view is DICOM)."""
+    _, results = pacs_modules()
+
+    def write(study: StudyPrediction) -> None:
+        label = study.study_instance_uid or "of " + ", ".join(study.sources[:1])
+        try:
+            path = results.write_study_result(sr_dir, study, provenance)
+        except Exception as exc:  # the answer stands without its SR; a library message may quote the header
+            warn(f"no study SR for study {label}: {type(exc).__name__}")
+            return
+        if path is None:
+            note(f"--sr-dir: study {label} has no DICOM view; no study SR for it")
+
+    return write
 
 
 def pacs_modules() -> tuple[ModuleType, ModuleType]:

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from rich.console import Console
 
 from fracscan.atomic import atomic_write_bytes
 from fracscan.cli._predict_output import Writer, head_keys, printable, result_row, served_heads
+from fracscan.cli._predict_pacs import study_sr_writer
 from fracscan.cli.console import OutputFormat, fail, failed_input, note, out, show_provenance
 from fracscan.client import (
     FracScanClient,
@@ -192,9 +193,15 @@ class StudyRun:
 
 
 def score_studies(
-    client: FracScanClient, studies: list[Study], writer: Writer, *, region: str | None, concurrency: int
+    client: FracScanClient,
+    studies: list[Study],
+    writer: Writer,
+    *,
+    region: str | None,
+    concurrency: int,
+    after: Callable[[StudyPrediction], None] | None = None,
 ) -> StudyRun:
-    """Score the studies, `concurrency` in flight, writing each study's rows in study order."""
+    """Score the studies, `concurrency` in flight, writing each study's rows in study order (then `after`)."""
     run, heads = StudyRun(), writer.heads
 
     def one(study: Study) -> StudyPrediction | FracScanError:
@@ -219,6 +226,8 @@ def score_studies(
                     if isinstance(view, PredictionError):
                         run.failures.append(view)
                 writer.write(study_row(study, answer, heads))
+                if after is not None and isinstance(answer, StudyPrediction):
+                    after(answer)
                 run.studies += 1
                 run.positives += isinstance(answer, StudyPrediction) and answer.fracture
         except FracScanConnectionError as exc:
@@ -261,20 +270,23 @@ def predict_studies(
     *,
     region: str | None,
     concurrency: int,
+    sr_dir: Path | None = None,
 ) -> None:
-    """The --by-study run: plan, connect, score, write, summarize; exits 1 when some view failed."""
+    """The --by-study run: plan, connect, score, write (and the study SRs), summarize; exits 1 when some view failed."""
     if resume and (output is None or fmt is not OutputFormat.jsonl):
         fail("--resume needs --output FILE with --format jsonl")
     unmatched = [s for s in found if isinstance(s, PredictionError)]  # a glob that matched nothing
     studies, skipped = plan([s for s in found if isinstance(s, str)], output, resume)
     with connection as client, ExitStack() as files:
-        show_provenance(client.provenance())
+        record = client.provenance()
+        show_provenance(record)
         heads = served_heads(client)
+        after = study_sr_writer(sr_dir, record) if sr_dir is not None else None
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
         writer = Writer(fmt, stream, append=bool(resume and skipped), heads=heads)
         for error in unmatched:
             writer.write(result_row(error))
-        run = score_studies(client, studies, writer, region=region, concurrency=concurrency)
+        run = score_studies(client, studies, writer, region=region, concurrency=concurrency, after=after)
         writer.close(out if stream is sys.stdout else Console(file=stream))
     run.failures[:0] = unmatched
     summarize_studies(run, skipped)

@@ -72,7 +72,11 @@ def predict(
         Path | None, typer.Option(help="Write a PNG per input with the boxes and score drawn.")
     ] = None,
     sr_dir: Annotated[
-        Path | None, typer.Option(help="Write a DICOM SR, GSPS and Secondary Capture per scored DICOM input here.")
+        Path | None,
+        typer.Option(
+            help="Write a DICOM SR, GSPS and Secondary Capture per scored DICOM input here "
+            "(with --by-study: one study SR per study)."
+        ),
     ] = None,
     dicomweb: Annotated[
         str | None, typer.Option(help="Score studies on this DICOMweb server (WADO-RS) instead of SOURCES.")
@@ -97,11 +101,13 @@ def predict(
     """
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
     if by_study:
-        if dicomweb or overlay_dir or sr_dir:
-            fail("--by-study scores SOURCES only (no --dicomweb, --overlay-dir or --sr-dir)")
+        if dicomweb or overlay_dir:
+            fail("--by-study scores SOURCES only (no --dicomweb or --overlay-dir)")
         found_files = discover(paths or [])
         connection = connect(url, timeout, embedded, repository)
-        predict_studies(found_files, connection, fmt, output, resume, region=region, concurrency=concurrency)
+        predict_studies(
+            found_files, connection, fmt, output, resume, region=region, concurrency=concurrency, sr_dir=sr_dir
+        )
     done = resume_state(output, fmt) if resume else set()
     check_options(paths, dicomweb, study, store)
     found = dicomweb_sources(dicomweb, study or []) if dicomweb else discover(paths or [])

@@ -59,8 +59,8 @@ def store_datasets(
     if not assoc.is_established:
         raise StoreFailed(f"no association with {destination}")
     try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
+        for message_id, ds in enumerate(datasets, start=1):  # one Message ID per request on the association
+            status = assoc.send_c_store(ds, msg_id=message_id)
             code = getattr(status, "Status", None)
             if code not in SUCCESS_OR_WARNING:
                 shown = "no response" if code is None else f"0x{code:04X}"

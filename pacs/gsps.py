@@ -2,9 +2,14 @@
 
 A viewer shows the source image through this presentation state, with the boxes on their own
 graphic layer (suspicious and definite findings on separate layers with distinct colours, so a
-reader can switch either off) and the decision, the score and any demo notice on a text layer. The
-window of the source is kept (its VOI LUT, or a window over the 0.5 - 99.5 percentiles when it has
-none), so the image looks as it does without the presentation state.
+reader can switch either off) and the decision, the score and any demo notice on a text layer.
+
+A presentation state replaces the image's own display pipeline, so it restates it: the source's
+Modality LUT (highdicom copies it), its first window and VOI LUT function (or its VOI LUT, or a window
+over the 0.5 - 99.5 percentiles when it has neither), and its Presentation LUT Shape, which for a
+MONOCHROME1 source without one is INVERSE (the GSPS pipeline ends in P-Values, where larger is
+brighter; a MONOCHROME1 image is displayed with larger values darker). The image therefore looks the
+same with and without the presentation state.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 
-from fracscan.pacs import uids
+from fracscan.pacs import filing, uids
 from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "gsps"
@@ -42,12 +47,12 @@ def build(scored: ScoredImage) -> Dataset:
         annotations.append(
             hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=box_layer, graphic_objects=_boxes(scored))
         )
-    return hd.pr.GrayscaleSoftcopyPresentationState(
+    state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
         series_number=SERIES_NUMBER,
         sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
-        instance_number=int(source.get("InstanceNumber") or 1),
+        instance_number=filing.instance_number(source),
         manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.version[:64],
@@ -56,9 +61,20 @@ def build(scored: ScoredImage) -> Dataset:
         content_description=(scored.decision_text() + (f" {algorithm.banner}" if algorithm.banner else ""))[:64],
         graphic_annotations=annotations,
         graphic_layers=layers,
-        voi_lut_transformations=[_window(scored)],
+        voi_lut_transformations=_window(scored),
+        presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=lut_shape(source)),
         series_description=algorithm.series_description("fracture boxes (GSPS)"),
     )
+    filing.carry_series(state, source)
+    return state
+
+
+def lut_shape(source: Dataset) -> str:
+    """The source's own Presentation LUT Shape, else INVERSE for MONOCHROME1 and IDENTITY otherwise."""
+    shape = str(source.get("PresentationLUTShape") or "").strip().upper()
+    if shape in ("IDENTITY", "INVERSE"):
+        return shape
+    return "INVERSE" if str(source.get("PhotometricInterpretation", "")) == "MONOCHROME1" else "IDENTITY"
 
 
 def _layer(spec: tuple[str, int, str, str]) -> hd.pr.GraphicLayer:
@@ -106,15 +122,23 @@ def _texts(scored: ScoredImage) -> list[hd.pr.TextObject]:
     return texts
 
 
-def _window(scored: ScoredImage) -> hd.pr.SoftcopyVOILUTTransformation:
-    """The source's own window when it has one, else one over the bulk of its (modality) values."""
+def _window(scored: ScoredImage) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    """The source's first window (with its VOI LUT function); None to let highdicom copy the source's VOI LUT;
+    else a window over the bulk of its (modality) values."""
     source = scored.dataset
     center, width = source.get("WindowCenter"), source.get("WindowWidth")
     if center is not None and width is not None:
-        return hd.pr.SoftcopyVOILUTTransformation(window_center=_first(center), window_width=max(_first(width), 1.0))
+        function = str(source.get("VOILUTFunction") or "").strip().upper() or None
+        window = hd.pr.SoftcopyVOILUTTransformation(
+            window_center=_first(center), window_width=max(_first(width), 1.0), voi_lut_function=function
+        )
+        return [window]
+    if "VOILUTSequence" in source:
+        return None
     values = apply_modality_lut(source.pixel_array, source)
     lo, hi = np.percentile(values, [0.5, 99.5])
-    return hd.pr.SoftcopyVOILUTTransformation(window_center=float(lo + hi) / 2, window_width=max(float(hi - lo), 1.0))
+    window = hd.pr.SoftcopyVOILUTTransformation(window_center=float(lo + hi) / 2, window_width=max(float(hi - lo), 1.0))
+    return [window]
 
 
 def _first(value: object) -> float:

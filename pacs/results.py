@@ -4,7 +4,8 @@
 
     datasets = build_results(dicom_bytes, prediction, client.provenance())   # [SR, GSPS, SC]
 
-One writer a module, one interface: `build(ScoredImage) -> pydicom.Dataset` (`sr`, `gsps`, `sc`).
+One writer a module, one interface: `build(ScoredImage) -> pydicom.Dataset` (`sr`, `gsps`, `sc`); a
+study answer (`predict --by-study`) gets one study SR (`study_sr`, `write_study_result`).
 The results join the source's study, one series per kind, with UIDs derived from the source
 instance and the members' hash (`uids`), so a repeated run replaces rather than duplicates. Patient
 and study attributes are copied for filing; none of them is ever logged.
@@ -15,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from fracscan.client.models import Prediction
-from fracscan.decode import DecodeError, check_dicom_image
-from fracscan.pacs import gsps, sc, sr
+from fracscan.client.study import StudyPrediction, ViewPrediction
+from fracscan.decode import DecodeError, check_dicom_image, sniff_kind
+from fracscan.pacs import gsps, sc, sr, study_sr
 from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
 from fracscan.provenance import Provenance
 
@@ -45,6 +49,31 @@ def write_results(directory: Path, data: bytes, prediction: Prediction, provenan
     return paths
 
 
+def write_study_result(directory: Path, study: StudyPrediction, provenance: Provenance | None) -> Path | None:
+    """The study SR of a `--by-study` answer as `<Study Instance UID>.study-sr.dcm`; None when no view is DICOM."""
+    views = [_view_dataset(view) for view in study.views]
+    if not any(ds is not None for ds in views):
+        return None
+    document = study_sr.build(study, views, provenance)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{document.StudyInstanceUID}.{study_sr.KIND}.dcm"
+    document.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _view_dataset(view: object) -> Dataset | None:
+    """The header of a scored view given as a DICOM file (None for other views)."""
+    if not isinstance(view, ViewPrediction):
+        return None
+    try:
+        with open(view.source, "rb") as f:
+            if sniff_kind(f.read(132)) != "dicom":
+                return None
+        return pydicom.dcmread(view.source, stop_before_pixels=True)
+    except (OSError, InvalidDicomError):
+        return None
+
+
 def skip_reason(dataset: Dataset) -> str | None:
     """Why an instance is not scored (not an image, or one of our own results), or None to score it."""
     try:
@@ -65,4 +94,5 @@ __all__ = [
     "build_results",
     "skip_reason",
     "write_results",
+    "write_study_result",
 ]

@@ -1,14 +1,12 @@
 """The Secondary Capture: a copy of the radiograph with the boxes and the decision burned in.
 
 For viewers that do not apply presentation states. The findings are drawn as the CLI's overlays
-draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision line
-sits at the top, and an ensemble without clinical
+draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision, the
+classification heads' answers, any quality-control warning and the box legend sit at the top, and an ensemble without clinical
 meaning (demo, random weights) gets a red banner across the image that no viewer can switch off.
 """
 
 from __future__ import annotations
-
-import textwrap
 
 import highdicom as hd
 import numpy as np
@@ -17,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from fracscan.client import overlay
-from fracscan.pacs import uids
+from fracscan.pacs import filing, uids
 from fracscan.pacs.context import MANUFACTURER, ScoredImage
 
 KIND = "sc"
@@ -39,7 +37,7 @@ def build(scored: ScoredImage) -> Dataset:
         series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
         series_number=SERIES_NUMBER,
         sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
-        instance_number=int(source.get("InstanceNumber") or 1),
+        instance_number=filing.instance_number(source),
         manufacturer=MANUFACTURER,
         patient_orientation=_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -50,6 +48,8 @@ def build(scored: ScoredImage) -> Dataset:
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     capture.SourceImageSequence = [reference]
+    filing.carry_series(capture, source)
+    filing.carry_lossy(capture, source)  # burned-in copy of lossy pixels is itself lossy
     return capture
 
 
@@ -58,8 +58,8 @@ def render(scored: ScoredImage) -> Image.Image:
     image = overlay.windowed(scored.pixels)
     overlay.draw_findings(image, scored.prediction.boxes, scored.level)
     font_size = overlay.font_size_for(image)
-    text = "\n".join(textwrap.wrap(scored.decision_text(), width=max(16, int(image.size[0] / (0.6 * font_size)))))
-    overlay.draw_text(image, text)
+    p = scored.prediction
+    overlay.draw_text(image, "\n".join([scored.decision_text(), *overlay.answer_lines(p.heads, p.qc, p.boxes)]))
     if scored.algorithm.banner:
         draw = ImageDraw.Draw(image)
         top = image.size[1] - 2 * font_size - 8

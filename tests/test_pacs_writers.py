@@ -68,6 +68,17 @@ def assert_no_phi(*texts: str) -> None:
         assert "QUIXOTE" not in text and "48151623" not in text
 
 
+def report_evaluations(sr: pydicom.Dataset) -> dict[str, str]:
+    """TID 1500 row 12: {concept meaning: coded value meaning, or the text} of the Qualitative Evaluations."""
+    (container,) = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    out: dict[str, str] = {}
+    for item in container.ContentSequence:
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        value = item.ConceptCodeSequence[0].CodeMeaning if item.ValueType == "CODE" else item.TextValue
+        out[name] = f"{out[name]}\n{value}" if name in out else value
+    return out
+
+
 def check_sr_against_answer(sr_path_or_dataset, answer: dict, source_sop_uid: str) -> hd.sr.Comprehensive3DSR:
     """Field by field: finding, score, threshold, level, each box's corners and confidence, the references."""
     sr = (
@@ -76,13 +87,15 @@ def check_sr_against_answer(sr_path_or_dataset, answer: dict, source_sop_uid: st
         else hd.sr.Comprehensive3DSR.from_dataset(sr_path_or_dataset)
     )
     (image_group,) = sr.content.get_image_measurement_groups()
-    values = {m.name.meaning: m.value for m in image_group.get_measurements()}
-    assert values["Fracture score"] == answer["score"]  # the FD Floating Point Value: exact
-    assert values["Threshold Value"] == answer["threshold"]
-    evaluations = {q.name.meaning: q.value.meaning for q in image_group.get_qualitative_evaluations()}
+    values = {(m.name.value, m.name.scheme_designator): m.value for m in image_group.get_measurements()}
+    assert values[("246262008", "SCT")] == answer["score"]  # Score: the FD Floating Point Value, exact
+    assert values[("122411", "DCM")] == answer["threshold"]  # Threshold Value
+    evaluations = report_evaluations(sr)
     assert evaluations["Fracture of bone"] == ("Present" if answer["fracture"] else "Absent")
     if answer["fracture"] and "level" in answer:
-        assert evaluations["Certainty of Finding"].lower() == answer["level"]
+        assert (
+            evaluations["Certainty of Finding"] == {"suspicious": "Suspected", "definite": "Definite"}[answer["level"]]
+        )
     boxes = sr.content.get_planar_roi_measurement_groups()
     assert len(boxes) == len(answer["boxes"])
     for group, (x0, y0, x1, y1, confidence) in zip(boxes, answer["boxes"], strict=True):
