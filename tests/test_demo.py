@@ -158,7 +158,7 @@ def test_committed_examples_are_labelled_and_scored(repository):
 
 
 def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
-    """The README's demo numbers: `fracscan evaluate` on the committed test-split predictions."""
+    """demo/README.md's numbers: `fracscan evaluate` on the committed test-split predictions."""
     from fracscan.evaluation import IOU_HIT, decisions_for, evaluate, iou, match, read_labels, read_predictions
     from fracscan.postprocess import Thresholds
 
@@ -170,7 +170,7 @@ def test_demo_report_is_reproduced_by_fracscan_evaluate(repository):
     metrics = evaluate(matched.cases, decisions_for(matched.cases, thresholds), bootstrap=1000, seed=0)
     for key in ("n", "positives", "auc", "sensitivity", "specificity", "ppv", "npv"):
         assert metrics["overall"][key] == report["test"]["overall"][key], key
-    # the README's localisation number: top box vs the labelled box, IoU >= 0.3
+    # demo/README.md's localisation number: top box vs the labelled box, IoU >= 0.3
     fractured = [c for c in matched.cases if c.label]
     hits = [len(c.pred_boxes) > 0 and iou(c.label_boxes[0], c.pred_boxes[:1])[0] >= IOU_HIT for c in fractured]
     assert len(fractured) == report["fractured_test_cases"]
