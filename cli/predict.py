@@ -76,7 +76,10 @@ def predict(
         Path | None, typer.Option(help="Write a DICOM SR, GSPS and Secondary Capture per scored DICOM input here.")
     ] = None,
     dicomweb: Annotated[
-        str | None, typer.Option(help="Score studies on this DICOMweb server (WADO-RS) instead of SOURCES.")
+        str | None,
+        typer.Option(
+            help="Score studies on this DICOMweb server (WADO-RS) instead of the paths (files, folders, globs)."
+        ),
     ] = None,
     study: Annotated[
         list[str] | None, typer.Option(help="With --dicomweb: a Study Instance UID to score (repeat the option).")
@@ -99,7 +102,7 @@ def predict(
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
     if by_study:
         if dicomweb or overlay_dir or sr_dir:
-            fail("--by-study scores SOURCES only (no --dicomweb, --overlay-dir or --sr-dir)")
+            fail("--by-study scores paths only (no --dicomweb, --overlay-dir or --sr-dir)")
         found_files = discover(paths or [])
         connection = connect(url, timeout, embedded, repository)
         predict_studies(found_files, connection, fmt, output, resume, region=region, concurrency=concurrency)

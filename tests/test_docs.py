@@ -245,3 +245,32 @@ def test_no_page_or_docstring_speaks_of_how_the_software_was_made():
 def test_the_history_scan_can_fail():
     assert HISTORY.search("This session had no GPU") and HISTORY.search("(issue 18 items 2, 9)")
     assert not HISTORY.search("ten ONNX Runtime sessions, one per member")
+
+
+def _make_dry_run(target: str, tmp_path: Path) -> str:
+    """The commands `make TARGET` would run from a fresh clone (a venv that does not exist yet)."""
+    venv = tmp_path / "fresh-venv"
+    proc = subprocess.run(["make", "-n", "-B", f"VENV={venv}", target], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_demo_installs_no_pacs_packages_and_says_how_to_reach_fracscan(tmp_path):
+    demo = _make_dry_run("demo", tmp_path)
+    assert "libpython" in demo and "fracscan predict examples/" in demo
+    for package in ("orthanc", "dcmtk", "dicom3tools", "torch"):
+        assert package not in demo, package
+    assert "source " in demo and "/bin/activate" in demo
+
+
+def test_make_test_installs_the_pacs_and_validator_packages(tmp_path):
+    test = _make_dry_run("test", tmp_path)
+    assert all(p in test for p in ("orthanc", "orthanc-dicomweb", "dcmtk", "dicom3tools"))
+
+
+def test_make_install_export_installs_the_cpu_torch_before_the_export_extra(tmp_path):
+    lines = _make_dry_run("install-export", tmp_path).splitlines()
+    torch_line = next(i for i, line in enumerate(lines) if 'install "torch==2.13.0"' in line)
+    extra_line = next(i for i, line in enumerate(lines) if "install -e" in line and ",export" in line)
+    assert torch_line < extra_line
+    assert "make install-export" in (ROOT / "docs" / "spec.md").read_text()
