@@ -172,9 +172,9 @@ def _fail(path: Path | str, msg: str) -> SpecError:
 
 # What a spec may hold at the top level, as a reader writes it.
 TOP_LEVEL: dict[str, str] = {
-    "name": "name",
-    "description": "description",
-    "demo": "demo",
+    "name": "'name'",
+    "description": "'description'",
+    "demo": "'demo'",
     "preprocess": "[preprocess]",
     "regions": "[regions]",
     "heads": "[heads.<name>]",

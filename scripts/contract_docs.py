@@ -175,6 +175,11 @@ Triton's HTTP frontend before any model runs, with **500** and `failed to parse 
 buffer` or `Unable to parse 'inputs'`: Triton's own behaviour, which a python model cannot change;
 treat it as a client error (the SDK never sends one).
 
+The ensemble's response `parameters` hold `sequence_id`, `sequence_start` and `sequence_end` once per
+output tensor (ten times for a full answer): Triton's ensemble scheduler adds them; fracscan's models
+answer no parameters (a request to one of them directly carries none). They mean nothing for this
+stateless model; ignore them.
+
 ## With curl
 
 Against a running server (`fracscan serve`, or `make serve`). The base64 image is too large for a

@@ -274,3 +274,24 @@ def test_make_install_export_installs_the_cpu_torch_before_the_export_extra(tmp_
     extra_line = next(i for i, line in enumerate(lines) if "install -e" in line and ",export" in line)
     assert torch_line < extra_line
     assert "make install-export" in (ROOT / "docs" / "spec.md").read_text()
+
+
+def test_the_response_parameters_are_as_the_contract_page_says(server):
+    """Triton's ensemble scheduler repeats the sequence parameters once per output; fracscan's models add none.
+    Should a Triton upgrade change that, this test says to update docs/contract.md."""
+    import base64
+
+    import httpx
+
+    image = base64.b64encode((ROOT / "examples" / "elbow_normal.png").read_bytes()).decode()
+    body = {"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": [image]}]}
+    full = httpx.post(f"{server.http_url}/v2/models/fracscan/infer", json=body, timeout=60)
+    two = httpx.post(
+        f"{server.http_url}/v2/models/fracscan/infer",
+        json={**body, "outputs": [{"name": "SCORE"}, {"name": "LEVEL"}]},
+        timeout=60,
+    )
+    step = httpx.post(f"{server.http_url}/v2/models/preprocess/infer", json=body, timeout=60)
+    assert full.text.count('"sequence_id"') == len(full.json()["outputs"]) == 10
+    assert two.text.count('"sequence_id"') == 2 and '"sequence_id"' not in step.text
+    assert "once per\noutput tensor" in (ROOT / "docs" / "contract.md").read_text()
