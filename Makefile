@@ -1,21 +1,26 @@
 # Two commands for a newcomer:  make demo   (score examples/ on the embedded server)
 #                               make test   (install what the tests need, run them)
+# and for exporting one's own checkpoints:  make install-export  (the export extra, CPU torch)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-fast lint bench demo-rebuild demo-olczak-rebuild serve system-deps clean
+.PHONY: demo test test-fast lint bench soak demo-rebuild demo-olczak-rebuild serve install-export system-deps pacs-deps clean
 
-# The Triton python-backend stub links the system libpython of the same version.
+# The Triton python-backend stub links the system libpython of the same version: all the demo needs.
+LIBPYTHON = libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+system-deps:
+	@ldconfig -p | grep -q "$(LIBPYTHON).so.1.0" \
+	  || (echo "installing the system libpython for the Triton python backend stub" && \
+	      apt-get update -qq && apt-get install -y -qq "$(LIBPYTHON)" >/dev/null)
+
 # The PACS tests run a real Orthanc (with its DICOMweb plug-in), dcmtk (dsrdump, dcmpschk, dcmp2pgm), and the
 # independent validators: dicom3tools (dciodvfy, dcentvfy) and PixelMed's DicomSRValidator (pixelmed-apps).
+# Only `make test` (and so CI) installs them.
 PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps
-system-deps:
-	@ldconfig -p | grep -q "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")').so.1.0" \
-	  || (echo "installing the system libpython for the Triton python backend stub" && \
-	      apt-get update -qq && apt-get install -y -qq "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" >/dev/null)
+pacs-deps:
 	@missing="$$(for p in $(PACS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
 	  test -z "$$missing" || (echo "installing for the PACS tests:" $$missing && \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null)
@@ -26,14 +31,27 @@ $(VENV)/.server: pyproject.toml | system-deps
 	$(PIP) install -e ".[server]"
 	@touch $@
 
-# torch is pinned to the CPU build that pip finds locally; an unpinned torch pulls CUDA wheels.
-$(VENV)/.test: $(VENV)/.server
-	$(PIP) install "torch==2.13.0"
+# torch is pinned to its CPU build, installed first: `pip install 'fracscan[export]'` alone pulls the CUDA
+# build with about 20 CUDA wheels.
+TORCH_CPU := torch==2.13.0
+$(VENV)/.export: $(VENV)/.server
+	$(PIP) install "$(TORCH_CPU)"
+	$(PIP) install -e ".[server,export]"
+	@touch $@
+
+# The export extra (fracscan export from PyTorch checkpoints), with the CPU build of torch.
+install-export: $(VENV)/.export
+	@echo "export extra installed: $$($(PY) -c 'import torch; print("torch", torch.__version__)')"
+
+$(VENV)/.test: $(VENV)/.export | pacs-deps
 	$(PIP) install -e ".[server,export,evaluate,pacs,test]"
 	@touch $@
 
 demo: $(VENV)/.server
 	$(VENV)/bin/fracscan predict examples/ --embedded --format table
+	@echo
+	@echo "fracscan is installed in $(VENV)/bin: run 'source $(VENV)/bin/activate' (then 'fracscan --help'),"
+	@echo "or call $(VENV)/bin/fracscan directly."
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q

@@ -32,13 +32,13 @@ PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "Accession
 def check_options(paths: list[str] | None, dicomweb: str | None, studies: list[str] | None, store: bool) -> None:
     """The PACS options that only make sense together (usage errors, exit 2)."""
     if dicomweb and paths:
-        fail("give either SOURCES or --dicomweb URL --study UID, not both")
+        fail("give either paths or --dicomweb URL --study UID, not both")
     if dicomweb and not studies:
         fail("--dicomweb needs at least one --study UID")
     if (studies or store) and not dicomweb:
         fail("--study and --store need --dicomweb URL")
     if not dicomweb and not paths:
-        fail("nothing to score: give SOURCES (files, folders, globs) or --dicomweb URL --study UID")
+        fail("nothing to score: give paths (files, folders, globs) or --dicomweb URL --study UID")
 
 
 def dicomweb_sources(url: str, studies: list[str]) -> list[str]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fracscan.cli import calibrate as calibrate_module
 from fracscan.cli import evaluate as evaluate_module
@@ -16,8 +17,31 @@ from fracscan.cli import monitor as monitor_module
 from fracscan.cli import predict as predict_module
 from fracscan.cli import serve as serve_module
 
+
+def _flags_without_value(command: TyperCommand | TyperGroup, ctx: Any) -> None:
+    """Help shows a flag as `--x/--no-x` alone: no `<bool>` value beside it, since a flag takes none."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+
+
+class Group(TyperGroup):
+    """The `fracscan` group; every command it hands out shows its flags without a value."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_without_value(self, ctx)
+        super().format_help(ctx, formatter)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if isinstance(command, TyperCommand):
+            _flags_without_value(command, ctx)
+        return command
+
+
 app = typer.Typer(
     name="fracscan",
+    cls=Group,
     help="Fracture detection on musculoskeletal radiographs, served on NVIDIA Triton.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

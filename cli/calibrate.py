@@ -17,7 +17,7 @@ from rich.table import Table
 from fracscan import evaluation as ev
 from fracscan.cli.console import err, fail, note, warn
 from fracscan.cli.evaluate import DASH, format_value, read_labelled
-from fracscan.contract import SPEC_FILE, THRESHOLDS_FILE
+from fracscan.contract import SPEC_FILE, STUDY_RULES, THRESHOLDS_FILE
 from fracscan.spec import EnsembleSpec, SpecError, load_spec
 from fracscan.thresholds import TARGET_SENSITIVITY, Thresholds, ThresholdsError
 
@@ -53,7 +53,7 @@ def calibrate(
     ] = False,
     rule: Annotated[
         str | None,
-        typer.Option(help="--by-study: calibrate for this rule (max, mean, noisy_or); default: the rows' rule."),
+        typer.Option(help=f"--by-study: calibrate for this rule ({', '.join(STUDY_RULES)}); default: the rows' rule."),
     ] = None,
 ) -> None:
     """Calibrate per-region thresholds to a target sensitivity on a labelled tuning set.

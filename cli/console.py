@@ -7,6 +7,7 @@ configuration error. Results go to stdout; everything else to stderr.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import NoReturn
 
@@ -20,6 +21,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+ANSI_CODE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class OutputFormat(StrEnum):
@@ -31,23 +33,28 @@ class OutputFormat(StrEnum):
     csv = "csv"
 
 
+def _text(message: str) -> str:
+    """Escaped for rich, without the colour codes a library may have put in its own message."""
+    return escape(ANSI_CODE.sub("", message))
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print `error: message` and exit (2 by default). No traceback for expected failures."""
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"[red]error:[/red] {_text(message)}")
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    err.print(f"[yellow]warning:[/yellow] {_text(message)}")
 
 
 def note(message: str) -> None:
-    err.print(escape(message))
+    err.print(_text(message))
 
 
 def failed_input(source: str, reason: str) -> None:
     """One input that could not be scored (the others' results are written)."""
-    err.print(f"[red]failed:[/red] {escape(source)}: {escape(reason)}")
+    err.print(f"[red]failed:[/red] {_text(source)}: {_text(reason)}")
 
 
 def show_provenance(record: Provenance | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,14 +21,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from fracscan import evaluation as ev
-from fracscan.cli.console import OutputFormat, fail, note, warn
+from fracscan.cli.console import fail, note, warn
+from fracscan.contract import STUDY_RULES
 from fracscan.evaluation import studies
 from fracscan.evaluation.report import ReportInputs, evaluation_report
 from fracscan.thresholds import Thresholds, ThresholdsError
 
 DASH = "—"
-FORMATS = (OutputFormat.table, OutputFormat.json)
 TABLE_WIDTH = 160  # when stdout is not a terminal (a file, a pipe): wide enough for the CIs
+
+
+class ReportFormat(StrEnum):
+    """What `evaluate` writes: a rich table, or one JSON report."""
+
+    table = "table"
+    json = "json"
 
 
 def read_labelled(predictions: Path, labels: Path) -> ev.Labelled:
@@ -65,8 +73,8 @@ def evaluate(
         ),
     ] = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="table (rich) or json (stdout).")
-    ] = OutputFormat.table,
+        ReportFormat, typer.Option("--format", help="table (rich) or json (stdout).")
+    ] = ReportFormat.table,
     plot: Annotated[Path | None, typer.Option(help="Write ROC curves to this PNG.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC / PPV / NPV CIs (0: none).")] = 1000,
@@ -76,7 +84,7 @@ def evaluate(
     ] = False,
     rule: Annotated[
         str | None,
-        typer.Option(help="--by-study: aggregate the view scores again under this rule (max, mean, noisy_or)."),
+        typer.Option(help=f"--by-study: aggregate the view scores again under this rule ({', '.join(STUDY_RULES)})."),
     ] = None,
 ) -> None:
     """Metrics of the predictions against labels: overall and per region.
@@ -95,8 +103,6 @@ def evaluate(
     with an empty value are left out of that head. Heads are evaluated per image only: with
     --by-study, a labels column besides study,fracture,region is named in a warning and not evaluated.
     """
-    if output_format not in FORMATS:
-        fail(f"--format must be {' or '.join(f.value for f in FORMATS)} for evaluate, got {output_format.value}")
     if bootstrap < 0:
         fail(f"--bootstrap must be >= 0, got {bootstrap}")
     chosen = None
@@ -148,7 +154,7 @@ def evaluate(
         except OSError as exc:
             fail(f"{plot}: cannot write the plot: {exc}")
         note(f"wrote {plot}")
-    if output_format is OutputFormat.json:
+    if output_format is ReportFormat.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     _print_table(report)

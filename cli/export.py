@@ -8,7 +8,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from fracscan.cli.console import fail, note, show_provenance, warn
-from fracscan.spec import EnsembleSpec, SpecError, builtin_spec_path, load_spec
+from fracscan.spec import EnsembleSpec, SpecError, builtin_spec_names, builtin_spec_path, load_spec
 
 
 def export(
@@ -16,7 +16,9 @@ def export(
         Path | None,
         typer.Option("--output", "-o", help="Repository directory to write (or update: unchanged members are reused)."),
     ] = None,
-    spec: Annotated[str, typer.Option(help="Ensemble spec (TOML), or a built-in name: jones2020, demo.")] = "jones2020",
+    spec: Annotated[
+        str, typer.Option(help=f"Ensemble spec (TOML), or a built-in name: {', '.join(builtin_spec_names())}.")
+    ] = "jones2020",
     target: Annotated[str, typer.Option(help="Member runtime: cpu | onnxruntime | tensorrt.")] = "cpu",
     thresholds: Annotated[
         Path | None,
@@ -62,11 +64,10 @@ def export(
 
     if target not in TARGETS:
         fail(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
-    spec_path = Path(spec) if Path(spec).suffix else builtin_spec_path(spec)
     if output is None and not check:
         fail("missing option '--output' / '-o': the repository directory to write (or pass --check)")
     try:
-        ensemble = load_spec(spec_path)
+        ensemble = load_spec(Path(spec) if Path(spec).suffix else builtin_spec_path(spec))
         if check:
             _check(ensemble, random_init)
         chosen = Thresholds.load(thresholds) if thresholds else None
@@ -81,7 +82,9 @@ def export(
     except typer.Exit:
         raise  # --check's verdict (click's Exit is a RuntimeError)
     except ImportError as exc:
-        fail(f"{exc}: exporting checkpoints needs the export extra: pip install 'fracscan[export]'")
+        from fracscan.export.build import INSTALL_EXPORT
+
+        fail(f"{exc}: exporting checkpoints needs torch: {INSTALL_EXPORT}")
     except KeyboardInterrupt:
         fail("interrupted: temporary files removed; run the same command again to continue", 130)
     except (SpecError, ThresholdsError, FileNotFoundError, ValueError, RuntimeError, AssertionError) as exc:

@@ -79,7 +79,10 @@ def predict(
         ),
     ] = None,
     dicomweb: Annotated[
-        str | None, typer.Option(help="Score studies on this DICOMweb server (WADO-RS) instead of SOURCES.")
+        str | None,
+        typer.Option(
+            help="Score studies on this DICOMweb server (WADO-RS) instead of the paths (files, folders, globs)."
+        ),
     ] = None,
     study: Annotated[
         list[str] | None, typer.Option(help="With --dicomweb: a Study Instance UID to score (repeat the option).")
@@ -102,7 +105,7 @@ def predict(
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
     if by_study:
         if dicomweb or overlay_dir:
-            fail("--by-study scores SOURCES only (no --dicomweb or --overlay-dir)")
+            fail("--by-study scores paths only (no --dicomweb or --overlay-dir)")
         found_files = discover(paths or [])
         connection = connect(url, timeout, embedded, repository)
         predict_studies(

@@ -113,6 +113,28 @@ def member_sources(spec: EnsembleSpec, random_init: bool = False) -> list[Member
     return [sources[i] for i in range(len(spec.members))]
 
 
+INSTALL_EXPORT = (
+    "install the export extra with the CPU build of torch: `make install-export` in a source checkout, "
+    "else `pip install torch==2.13.0` and then `pip install 'fracscan[export]'`"
+)
+
+
+def torch_installed() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_checkpoint_files(sources: list[MemberSource]) -> None:
+    """Every checkpoint a member names exists: all missing ones in one error, whether torch is installed or not."""
+    missing = [str(s.path) for s in sources if s.kind == "checkpoint" and s.path and not s.path.is_file()]
+    if missing:
+        also = "" if torch_installed() else f"; exporting checkpoints also needs torch: {INSTALL_EXPORT}"
+        raise FileNotFoundError(f"{len(missing)} checkpoint file(s) not found: {', '.join(missing)}{also}")
+
+
 def _parity_inputs(size: int, channels: int) -> list[Any]:
     """Small batches (1 and 2) of [channels, S, S]: noise and phantom radiographs through the core pre-processing."""
     import numpy as np
@@ -301,6 +323,7 @@ def build_repository(
     warn = warn or report
     output = Path(output)
     sources = member_sources(spec, random_init)
+    check_checkpoint_files(sources)
     given = [s.path for s in sources if s.kind in ("onnx", "demo") and s.path is not None]
     if target == "tensorrt" and given:  # fail now, not later when the engines are built in the container
         from fracscan.export.onnx_check import check_members  # needs onnx (the export extra)

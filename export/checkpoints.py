@@ -33,6 +33,7 @@ bias, running_mean, running_var, num_batches_tracked).
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,7 +77,14 @@ def read_state_dict(path: Path, member_name: str) -> dict[str, Any]:
         raise FileNotFoundError(f"member {member_name!r}: checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors: say which member and file
+    except pickle.UnpicklingError as exc:  # Python objects beyond tensors: torch.save(model) saves the module
+        raise CheckpointError(
+            f"member {member_name!r}: checkpoint {path} holds pickled Python objects, not only tensors: most likely "
+            "a whole model saved with torch.save(model). fracscan reads weights only (it never runs pickled code): "
+            f"where the model's class is defined, load it and save its weights with "
+            f"`torch.save(model.state_dict(), {str(path)!r})`"
+        ) from exc
+    except Exception as exc:  # zip / format errors: say which member and file
         raise CheckpointError(f"member {member_name!r}: cannot read checkpoint {path}: {exc}") from exc
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fracscan import contract as c
-from fracscan.export.build import MemberSource, member_sources
+from fracscan.export.build import INSTALL_EXPORT, MemberSource, member_sources, torch_installed
 from fracscan.spec import EnsembleSpec
 
 
@@ -83,7 +83,11 @@ def inspect_members(spec: EnsembleSpec, random_init: bool = False) -> list[Membe
     for index, source in enumerate(member_sources(spec, random_init)):
         check = MemberCheck(index, spec.members[index].name, source.describe())
         try:
-            if source.kind == "checkpoint":
+            if source.kind == "checkpoint" and not (source.path and source.path.is_file()):
+                check.error = f"checkpoint file not found: {source.path}"
+            elif source.kind in ("checkpoint", "random") and not torch_installed():
+                check.error = f"No module named 'torch': {INSTALL_EXPORT}"
+            elif source.kind == "checkpoint":
                 _check_checkpoint(spec, index, check)
             elif source.kind == "random":
                 from fracscan.export.members import build_member, count_parameters

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fracscan.spec import VGG_ARCHS, MemberSpec
+from fracscan.spec import DRN_ARCHS, VGG_ARCHS, MemberSpec
 
 from .drn import FractureMember
 from .vgg import VGGMember
@@ -123,7 +123,23 @@ def member_state(spec: MemberSpec, spec_dir: str | Path | None = None):
     for key, value in member.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in converted.state:
             converted.state[key] = value
+    if not compare_state_dict(member, converted.state).ok:
+        other = _arch_that_fits(spec, converted.state)
+        if other:
+            fix = f'set arch = "{other}" for member {spec.name!r} in the spec, or give it a {spec.arch} checkpoint'
+            converted.hint = f"the checkpoint's keys and shapes are those of {other}, not {spec.arch}: {fix}"
     return member, converted
+
+
+def _arch_that_fits(spec: MemberSpec, state: dict) -> str | None:
+    """The other arch whose member takes `state` exactly (a drn_d_54 checkpoint in a drn_d_38 slot), if any."""
+    from dataclasses import replace
+
+    family = DRN_ARCHS if spec.arch in DRN_ARCHS else ()
+    for arch in (a for a in family if a != spec.arch):
+        if compare_state_dict(build_member(replace(spec, arch=arch)), state).ok:
+            return arch
+    return None
 
 
 def load_member(spec: MemberSpec, spec_dir: str | Path | None = None) -> Member:

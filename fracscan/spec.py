@@ -8,6 +8,7 @@ export scripts are all derived from it.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -170,6 +171,34 @@ def _fail(path: Path | str, msg: str) -> SpecError:
     return SpecError(f"{path}: {msg}")
 
 
+# What a spec may hold at the top level, as a reader writes it.
+TOP_LEVEL: dict[str, str] = {
+    "name": "'name'",
+    "description": "'description'",
+    "demo": "'demo'",
+    "preprocess": "[preprocess]",
+    "regions": "[regions]",
+    "heads": "[heads.<name>]",
+    "members": "[[members]]",
+}
+
+
+def _refuse_unknown(path: Path | str, raw: dict[str, Any], known: dict[str, str], where: str = "") -> None:
+    """A misspelt table or key stops the load, naming the file, the table and the nearest known name."""
+    for key, value in raw.items():
+        if key in known:
+            continue
+        if isinstance(value, dict):
+            shown = f"table [{where.strip('[]') + '.' if where else ''}{key}]"
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            shown = f"table [[{key}]]"
+        else:
+            shown = f"key '{key}'" + (f" in {where}" if where else " at the top level")
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f" — did you mean {known[close[0]]}?" if close else f"; known: {', '.join(known.values())}"
+        raise _fail(path, f"unknown {shown}{hint}")
+
+
 def load_spec(path: str | Path) -> EnsembleSpec:
     """Load and validate an ensemble spec (TOML)."""
     path = Path(path)
@@ -183,10 +212,11 @@ def load_spec(path: str | Path) -> EnsembleSpec:
 
 
 def parse_spec(raw: dict[str, Any], path: Path | str = "<spec>") -> EnsembleSpec:
+    _refuse_unknown(path, raw, TOP_LEVEL)
     pre_raw = raw.get("preprocess", {})
-    unknown = set(pre_raw) - set(PreprocessSpec.__dataclass_fields__)
-    if unknown:
-        raise _fail(path, f"[preprocess] has unknown keys {sorted(unknown)}")
+    if not isinstance(pre_raw, dict):
+        raise _fail(path, "[preprocess] must be a table")
+    _refuse_unknown(path, pre_raw, {k: f"'{k}'" for k in PreprocessSpec.__dataclass_fields__}, "[preprocess]")
     pre = PreprocessSpec(**pre_raw)
     if pre.size < 32 or pre.size % MAP_STRIDE:
         raise _fail(path, f"[preprocess] size must be a multiple of {MAP_STRIDE} and >= 32, got {pre.size}")
@@ -209,12 +239,12 @@ def parse_spec(raw: dict[str, Any], path: Path | str = "<spec>") -> EnsembleSpec
     if not isinstance(members_raw, list) or not members_raw:
         raise _fail(path, "[[members]] must list at least one member")
     members = []
-    fields = set(MemberSpec.__dataclass_fields__)
+    member_keys = {k: f"'{k}'" for k in MemberSpec.__dataclass_fields__ if k not in ENSEMBLE_MEMBER_FIELDS}
     for i, m in enumerate(members_raw):
+        if not isinstance(m, dict):
+            raise _fail(path, "[[members]] must be tables, one [[members]] per member")
         where = f"member #{i} ({m.get('name', '?')})"
-        unknown = set(m) - (fields - set(ENSEMBLE_MEMBER_FIELDS))
-        if unknown:
-            raise _fail(path, f"{where} has unknown keys {sorted(unknown)}")
+        _refuse_unknown(path, m, member_keys, f"[[members]] #{i} ({m.get('name', '?')})")
         if "name" not in m or "arch" not in m:
             raise _fail(path, f"{where} needs 'name' and 'arch'")
         for key, allowed in (("arch", ARCHS), ("input", MEMBER_INPUTS), ("head", SCORE_HEADS)):
@@ -336,8 +366,9 @@ def _parse_heads(raw: Any, regions: dict[str, tuple[str, ...]], path: Path | str
         upper, probs = contract.head_outputs(name)
         if upper in contract.RESERVED_NAMES or probs in contract.RESERVED_NAMES:
             raise _fail(path, f"{where}: the name collides with the contract's reserved output {upper!r}")
-        if not isinstance(table, dict) or set(table) - allowed:
-            raise _fail(path, f"{where} has unknown keys {sorted(set(table) - allowed)}; allowed {sorted(allowed)}")
+        if not isinstance(table, dict):
+            raise _fail(path, f"{where} must be a table with a 'classes' list")
+        _refuse_unknown(path, table, {k: f"'{k}'" for k in sorted(allowed)}, where)
         raw_classes = table.get("classes", ())
         if not isinstance(raw_classes, list) or not all(isinstance(k, str) for k in raw_classes):
             raise _fail(path, f"{where}: classes must be a list of class names, got {raw_classes!r}")
@@ -416,13 +447,24 @@ def save_spec(spec: EnsembleSpec, path: str | Path) -> None:
     Path(path).write_text(tomli_w.dumps(spec_to_dict(spec)))
 
 
+_DEMO_SPECS = {"demo": "demo.toml", "olczak_demo": "olczak.toml"}  # in the demo wing, beside their artifacts
+
+
+def builtin_spec_names() -> tuple[str, ...]:
+    """The specs shipped with fracscan (`fracscan/specs/*.toml`), then the demos'."""
+    files = resources.files("fracscan.specs").iterdir()
+    return (*sorted(p.name.removesuffix(".toml") for p in files if p.name.endswith(".toml")), *_DEMO_SPECS)
+
+
 def builtin_spec_path(name: str) -> Path:
     """Path of a spec shipped with fracscan: 'jones2020' (default, full size), 'olczak2017', 'demo' or 'olczak_demo'.
 
     The demos' specs live in the demo wing beside their artifacts (data files: nothing is imported).
+    An unknown name raises SpecError listing the names there are.
     """
-    demos = {"demo": "demo.toml", "olczak_demo": "olczak.toml"}
-    if name in demos:
-        return Path(str(resources.files("fracscan.demo") / demos[name]))
-    ref = resources.files("fracscan.specs") / f"{name}.toml"
-    return Path(str(ref))
+    if name in _DEMO_SPECS:
+        return Path(str(resources.files("fracscan.demo") / _DEMO_SPECS[name]))
+    if name not in builtin_spec_names():
+        names = ", ".join(builtin_spec_names())
+        raise SpecError(f"no built-in spec {name!r}: the built-in specs are {names} (or give a .toml file)")
+    return Path(str(resources.files("fracscan.specs") / f"{name}.toml"))

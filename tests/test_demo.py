@@ -172,7 +172,7 @@ def test_committed_examples_are_labelled_and_scored(repository):
 
 
 def test_demo_report_is_reproduced_from_the_committed_predictions(repository):
-    """The README's demo numbers, recomputed by other means than the code that wrote report.json:
+    """demo/README.md's numbers, recomputed by other means than the code that wrote report.json:
     scikit-learn's AUC, and counts of the thresholded predictions against the labels."""
     from sklearn.metrics import roc_auc_score
 
@@ -197,7 +197,7 @@ def test_demo_report_is_reproduced_from_the_committed_predictions(repository):
     assert overall["specificity"] == pytest.approx((~decided & ~y).sum() / (~y).sum(), abs=1e-9)
     assert overall["ppv"] == pytest.approx((decided & y).sum() / decided.sum(), abs=1e-9)
     assert overall["npv"] == pytest.approx((~decided & ~y).sum() / (~decided).sum(), abs=1e-9)
-    # the README's localisation number: each fracture's top box against its labelled box, IoU >= 0.3, by hand
+    # demo/README.md's localisation number: each fracture's top box against its labelled box, IoU >= 0.3, by hand
     hits = []
     for r in rows:
         label = labels[r["source"]]

@@ -185,7 +185,7 @@ def test_dicom_without_body_part_takes_the_region_from_the_confident_head(heads_
 
 
 def test_a_raw_kserve_client_sees_the_documented_names(heads_server, heads_spec):
-    """Plain JSON over HTTP: the head outputs under the README's names, and the classes in the config."""
+    """Plain JSON over HTTP: the head outputs under the contract's names, and the classes in the config."""
     body = {
         "inputs": [
             {"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": [base64.b64encode(_png(9)).decode()]}

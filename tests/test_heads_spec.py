@@ -74,7 +74,7 @@ def test_spec_round_trips_with_heads():
         ({"heads__body_part__regions": {"ankle": "knee"}}, "regions must map its classes to the spec's [regions]"),
         ({"heads__view__regions": {"ap": "ankle"}}, "at most one head may map its classes to regions"),
         ({"heads__view__check": "view"}, "check = 'view'"),
-        ({"heads__view__colour": "red"}, "unknown keys ['colour']"),
+        ({"heads__view__colour": "red"}, "unknown key 'colour' in [heads.view]"),
         ({"preprocess__resize": "crop"}, "resize = 'crop'"),
         ({"heads__keys": {"classes": ["a", "b"]}}, "'keys' is a method of the members' head container"),
         (

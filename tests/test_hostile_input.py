@@ -1,4 +1,4 @@
-"""Hostile and malformed input is refused cheaply and specifically (issue 18 items 2, 9, 10, 12).
+"""Hostile and malformed input is refused cheaply and specifically.
 
 Decompression bombs are real files (a 20000 x 20000 PNG and a deflated DICOM of 20000 x 20000 pixels,
 a few hundred KiB each); their refusal is timed and its peak memory measured in a fresh process.
@@ -358,8 +358,8 @@ def test_server_refuses_bombs_and_malformed_dicom_with_400_and_no_identifier(ser
 
 
 def test_malformed_json_is_refused_by_triton_itself_with_500_as_the_readme_says(server):
-    """Triton's HTTP frontend parses the body before any model runs; the README's contract documents
-    the 500 it answers. Should a Triton upgrade answer 400, this test says to update the README."""
+    """Triton's HTTP frontend parses the body before any model runs; docs/contract.md documents
+    the 500 it answers. Should a Triton upgrade answer 400, this test says to update that page."""
     import httpx
 
     for body, message in (

@@ -1,8 +1,8 @@
 """The `normalize` step (FRAME -> PIXELS): every path against `prepare()`, per channel.
 
-Paths: the served `preprocess` + `normalize` models of the session server (the committed demo, cpu
+Paths: the served `preprocess` + `normalize` models of the shared test server (the committed demo, cpu
 target: the numpy path), and the ONNX graph of the GPU targets in ONNX Runtime, at the demo's S = 128
-and the full-size S = 1024. The tolerance is the issue's: plain channel exact, LCN's mean absolute
+and the full-size S = 1024. The tolerance: plain channel exact, LCN's mean absolute
 difference <= 0.005.
 """
 

@@ -2,7 +2,7 @@
 
 Held-out synthetic exam views (seeds no build split used) go through the served ensemble without a
 region: the answers must equal the in-process reference, heads included, and the trained heads must
-read what the images show (body part and laterality accuracy >= 0.9, the issue's bar). A DICOM whose
+read what the images show (body part and laterality accuracy >= 0.9). A DICOM whose
 ImageLaterality contradicts a confident laterality head gets the QC warning naming both.
 """
 

@@ -142,7 +142,7 @@ def test_wrong_datatype_and_shape_are_rejected(server):
 
 
 def test_plain_json_request_as_documented(server, reference):
-    """The README's curl example: base64 image bytes in a plain KServe v2 JSON body."""
+    """The curl example of docs/contract.md: base64 image bytes in a plain KServe v2 JSON body."""
     data = synthetic_png(7)
     body = {
         "inputs": [
