@@ -12,13 +12,17 @@ import typer
 from fracscan import contract as c
 from fracscan.cli.console import fail
 
-AE_TITLE_HELP = "Our AE title (what modalities and PACS call)."
+AE_TITLE_HELP = "Our AE title (what modalities and PACS call); a request calling another is refused."
+ALLOW_HELP = (
+    "Accept associations from this calling AE title at this host: AET@HOST, HOST an address, a CIDR range or a"
+    " host name (repeat the option)."
+)
 
 
 def listen(
     ae_title: Annotated[str, typer.Option(help=AE_TITLE_HELP)] = "FRACSCAN",
     port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    host: Annotated[str, typer.Option(help="Address to listen on (default: loopback only).")] = "127.0.0.1",
     url: Annotated[str, typer.Option(help="fracscan server URL(s), comma-separated.")] = c.DEFAULT_URL,
     store_to: Annotated[
         str | None,
@@ -27,18 +31,35 @@ def listen(
     spool: Annotated[
         Path, typer.Option(help="Received instances wait here until their results are stored (survives restarts).")
     ] = Path("fracscan-spool"),
-    allow: Annotated[
-        list[str] | None, typer.Option(help="Accept only these calling AE titles (repeat the option); default: any.")
+    allow: Annotated[list[str] | None, typer.Option(help=ALLOW_HELP)] = None,
+    allow_file: Annotated[
+        Path | None, typer.Option(help="More AET@HOST entries, one a line (# starts a comment).")
     ] = None,
+    allow_any: Annotated[
+        bool, typer.Option(help="Accept any calling AE title from any address (logged; for a closed network only).")
+    ] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="DICOM TLS: our certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="DICOM TLS: our private key (PEM).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="DICOM TLS: the CA that signs client certificates.")] = None,
+    tls_require_client_cert: Annotated[
+        bool, typer.Option(help="DICOM TLS: refuse a client without a certificate signed by --tls-ca.")
+    ] = False,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Close idle or half-open connections after this many seconds.")
+    ] = 10.0,
+    max_associations: Annotated[int, typer.Option(help="At most this many connections at once.")] = 10,
+    max_per_address: Annotated[int, typer.Option(help="At most this many connections from one address.")] = 4,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds.")] = 60.0,
     verbose: Annotated[bool, typer.Option(help="Log the DICOM associations and the result building too.")] = False,
 ) -> None:
     """Receive radiographs by C-STORE (Verification too), score them, and C-STORE the SR, GSPS and SC on.
 
-    Each instance is written to the spool before it is acknowledged and leaves it only once its
-    results are stored, so a restart finishes what was received. Runs until Ctrl-C or SIGTERM.
+    Closed by default: loopback only, and only the peers named with --allow / --allow-file (AE title
+    and host together). Each instance is written to the spool before it is acknowledged and leaves it
+    only once its results are stored, so a restart finishes what was received. Runs until Ctrl-C or SIGTERM.
     """
     try:
+        from fracscan.pacs.access import AllowList, tls_context
         from fracscan.pacs.dimse import Destination
         from fracscan.pacs.listener import Listener, ListenerConfig
     except ImportError as exc:
@@ -50,9 +71,24 @@ def listen(
         destination = Destination.parse(store_to) if store_to else None
     except ValueError as exc:
         fail(f"--store-to: {exc}")
+    try:
+        entries = list(allow or ()) + (AllowList.read_file(allow_file) if allow_file else [])
+        allowed = AllowList.parse(entries, any_peer=allow_any)
+    except ValueError as exc:
+        fail(f"--allow: {exc}")
+    if not allowed.peers and not allowed.any_peer:
+        fail("no peer may connect: name them with --allow AET@HOST (repeatable) or --allow-file, or give --allow-any")
+    if (tls_cert is None) != (tls_key is None) or ((tls_ca or tls_require_client_cert) and tls_cert is None):
+        fail("DICOM TLS needs both --tls-cert and --tls-key (and --tls-ca to check client certificates)")
+    try:
+        tls = tls_context(tls_cert, tls_key, tls_ca, tls_require_client_cert) if tls_cert and tls_key else None
+    except ValueError as exc:
+        fail(f"--tls: {exc}")
+    if idle_timeout <= 0 or max_associations < 1 or max_per_address < 1:
+        fail("--idle-timeout must be positive, --max-associations and --max-per-address at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for library in ("pynetdicom", "highdicom"):
-        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.WARNING)
+    for library in ("pynetdicom", "highdicom"):  # our own lines say what failed, once
+        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.CRITICAL)
     config = ListenerConfig(
         ae_title=ae_title,
         port=port,
@@ -60,8 +96,12 @@ def listen(
         spool=spool,
         destination=destination,
         host=host,
-        allowed_calling_aes=tuple(allow or ()),
+        allow=allowed,
+        tls=tls,
         timeout=timeout,
+        idle_timeout=idle_timeout,
+        max_associations=max_associations,
+        max_per_address=min(max_per_address, max_associations),
     )
     listener = Listener(config)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,8 +18,10 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 import threading
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 
 from fracscan.client.models import FracScanError, InputRejected, Prediction
 from fracscan.client.sync import FracScanClient
+from fracscan.pacs.access import AllowList, ConnectionGate, GuardedServer, RateLimitedLog
 from fracscan.pacs.dimse import Destination, StoreFailed, store_datasets
 from fracscan.pacs.results import build_results, skip_reason, write_results
 from fracscan.provenance import Provenance
@@ -104,9 +107,14 @@ class ListenerConfig:
     url: str
     spool: Path
     destination: Destination | None = None  # None: results are written to <spool>/results/
-    host: str = "0.0.0.0"
-    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    host: str = "127.0.0.1"
+    allow: AllowList = field(default_factory=AllowList)  # empty: nobody may associate
+    tls: ssl.SSLContext | None = None
     timeout: float = 60.0
+    idle_timeout: float = 10.0  # idle or half-open connections, and waits for an A-ASSOCIATE request
+    dimse_timeout: float = 30.0
+    max_associations: int = 10
+    max_per_address: int = 4
 
 
 class Listener:
@@ -120,20 +128,86 @@ class Listener:
         self._server: Any = None
         self._provenance: Provenance | None = None
         self._provenance_known = False
+        self.rejections = RateLimitedLog()
+        self.counts: Counter[str] = Counter()
+        self.gate: ConnectionGate | None = None
 
     def start(self) -> None:
         """Open the port (non-blocking): from here on, received instances are spooled and acknowledged."""
-        ae = AE(ae_title=self.config.ae_title)
-        ae.require_called_aet = False
-        if self.config.allowed_calling_aes:
-            ae.require_calling_aet = list(self.config.allowed_calling_aes)
+        config = self.config
+        ae = AE(ae_title=config.ae_title)
+        ae.require_called_aet = False  # both AE titles are checked (and logged) by _on_requested
+        ae.maximum_associations = config.max_associations
+        ae.network_timeout = ae.acse_timeout = config.idle_timeout
+        ae.dimse_timeout = config.dimse_timeout
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS)]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
-        log.info("listening as %s on port %d; spool %s", self.config.ae_title, self.config.port, self.config.spool)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),
+        ]
+        server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=GuardedServer)
+        server.gate = self.gate = ConnectionGate(
+            config.allow, config.max_associations, config.max_per_address, self.rejections
+        )
+        server.tls, server.handshake_timeout = config.tls, config.idle_timeout
+        ae._servers.append(server)  # as AE.start_server does: server.shutdown() takes it off again
+        threading.Thread(target=server.serve_forever, name="fracscan-acceptor", daemon=True).start()
+        self._server = server
+        if config.allow.any_peer:
+            log.warning("accepting associations from any address and any calling AE title (--allow-any)")
+        log.info(
+            "listening as %s on %s port %d%s; allowed: %s; spool %s",
+            config.ae_title,
+            config.host,
+            config.port,
+            " (DICOM TLS)" if config.tls else "",
+            config.allow.describe(),
+            config.spool,
+        )
+
+    def _association_line(self, event: Any, outcome: str, why: str = "") -> str:
+        """One audit line: calling and called AE, peer address, outcome and why; never a patient attribute."""
+        requestor = event.assoc.requestor
+        primitive = requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        tls = " over TLS" if self.config.tls else ""
+        line = f"association {outcome}: calling {calling!r} called {called!r} from {requestor.address}{tls}"
+        return f"{line}: {why}" if why else line
+
+    def _on_requested(self, event: Any) -> None:
+        """The allow-list, on the A-ASSOCIATE request: calling AE title and address together, called AE ours."""
+        primitive = event.assoc.requestor.primitive
+        reason = self.config.allow.refusal(
+            str(primitive.calling_ae_title), str(primitive.called_ae_title), event.assoc.requestor.address,
+            self.config.ae_title,
+        )  # fmt: skip
+        if reason is None:
+            return
+        diagnostic = 0x07 if reason.startswith("called") else 0x03  # called / calling AE title not recognised
+        event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        self.counts["associations rejected"] += 1
+        line = self._association_line(event, "rejected", reason)
+        self.rejections.warning(f"{event.assoc.requestor.address}:{reason}", "%s", line)
+        event.assoc.kill()
+
+    def _on_accepted(self, event: Any) -> None:
+        self.counts["associations accepted"] += 1
+        log.info("%s", self._association_line(event, "accepted"))
+
+    def _on_rejected(self, event: Any) -> None:
+        """pynetdicom's own refusal: more associations than --max-associations."""
+        self.counts["associations rejected"] += 1
+        why = f"more than {self.config.max_associations} associations (--max-associations)"
+        self.rejections.warning(
+            f"{event.assoc.requestor.address}:limit", "%s", self._association_line(event, "rejected", why)
+        )
 
     def serve(self) -> None:
         """Start (if not yet), finish what the spool holds, then score each instance as it arrives."""

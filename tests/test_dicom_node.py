@@ -1,0 +1,176 @@
+"""`fracscan listen` as a PACS administrator would connect it, driven by dcmtk's storescu / echoscu.
+
+A real `fracscan listen` subprocess, the real embedded server, a real Orthanc as the destination: who
+may connect (allow-list, TLS), what is scored (projection radiographs only), the spool on a full disk,
+"not analysed" reports, starvation by idle connections, a destination outage, the status file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from test_pacs_orthanc import Orthanc, one_of_each, wait_for
+from test_pacs_writers import assert_no_phi, make_study
+
+from fracscan.server import free_port
+
+NODE_AET, SENDER = "FRACSCAN", "STORESCU"
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu, echoscu) is not installed")
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, server) -> Iterator[Orthanc]:
+    orthanc = Orthanc(tmp_path_factory.mktemp("orthanc"), free_port()).start()
+    yield orthanc
+    orthanc.stop()
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen
+    port: int
+    log: Path
+    spool: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 60, count: int = 1) -> None:
+        wait_for(
+            lambda: len(re.findall(pattern, self.text())) >= count,
+            timeout,
+            f"no {count} x {pattern!r} in the log: {self.text()[-3000:]}",
+        )
+
+
+@contextmanager
+def node(tmp_path: Path, url: str, pacs: Orthanc, *options: str, spool: Path | None = None) -> Iterator[Node]:
+    """`fracscan listen` on a free port storing to `pacs`; stopped with SIGTERM afterwards."""
+    port, log = free_port(), tmp_path / f"node-{time.monotonic_ns()}.log"
+    spool = spool or tmp_path / "spool"
+    command = [sys.executable, "-m", "fracscan.cli", "listen", "--ae-title", NODE_AET, "--port", str(port)]
+    command += ["--url", url, "--store-to", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--spool", str(spool)]
+    command += ["--timeout", "10", *options]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    running = Node(process, port, log, spool)
+    try:
+        wait_for(lambda: f"port {port}" in running.text() or process.poll() is not None, 60, "listener did not start")
+        assert process.poll() is None, running.text()
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def storescu(port: int, *files: Path, aet: str = SENDER, options: tuple[str, ...] = ()) -> list[str]:
+    """Send with dcmtk's storescu; the C-STORE status of each file, in order (e.g. "Success")."""
+    command = ["storescu", "-v", "-aet", aet, "-aec", NODE_AET, *options, "127.0.0.1", str(port), *map(str, files)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return re.findall(r"Received Store Response \(([^)]*)\)", done.stdout + done.stderr) or [
+        f"no association (exit {done.returncode}): {(done.stdout + done.stderr)[-500:]}"
+    ]
+
+
+def echoscu(port: int, aet: str = SENDER, options: tuple[str, ...] = ()) -> int:
+    command = ["echoscu", "-aet", aet, "-aec", NODE_AET, *options, "127.0.0.1", str(port)]
+    return subprocess.run(command, capture_output=True, timeout=60).returncode
+
+
+def study_in(pacs: Orthanc, study_uid: str) -> list[dict]:
+    """What Orthanc holds of a study, by its Study Instance UID (the sources were never uploaded)."""
+    found = httpx.post(f"{pacs.url}/tools/lookup", content=study_uid, timeout=30).json()
+    return [f for f in found if f["Type"] == "Study"]
+
+
+def associate_from(address: str, port: int, aet: str) -> bool:
+    """A pynetdicom requestor bound to `address` (another loopback address): was the association accepted?"""
+    requestor = AE(ae_title=aet)
+    requestor.add_requested_context(Verification)
+    requestor.acse_timeout = requestor.network_timeout = 10
+    assoc = requestor.associate("127.0.0.1", port, ae_title=NODE_AET, bind_address=(address, 0))
+    established = assoc.is_established
+    if established:
+        assoc.release()
+    return established
+
+
+def listen_refuses(*options: str) -> str:
+    command = [sys.executable, "-m", "fracscan.cli", "listen", "--port", str(free_port()), *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_bare_ae_title_and_an_empty_allow_list_are_refused_at_start():
+    assert "STORESCU@HOST" in listen_refuses("--allow", "STORESCU")
+    assert "--allow AET@HOST" in listen_refuses()
+
+
+def test_unlisted_ae_or_host_is_rejected_logged_and_nothing_reaches_the_pacs(server, pacs, tmp_path):
+    study_uid, paths = make_study(tmp_path / "src", ("wrist_fracture.dcm",), seed="intruder")
+    allowed = ("--allow", f"{SENDER}@127.0.0.1", "--allow", "OTHER@127.0.0.2")
+    with node(tmp_path, server.http_url, pacs, *allowed) as running:
+        assert storescu(running.port, *paths, aet="INTRUDER")[0].startswith("no association")
+        assert not associate_from("127.0.0.2", running.port, SENDER)  # a listed AE title, but not from there
+        assert not associate_from("127.0.0.3", running.port, SENDER)  # an address no entry names
+        assert echoscu(running.port, options=("-aec", "SOMEONE")) != 0  # called AE title not ours
+        assert echoscu(running.port) == 0
+        running.wait_log("called 'SOMEONE'")
+        time.sleep(2)
+        text = running.text()
+    assert "association rejected: calling 'INTRUDER' called 'FRACSCAN' from 127.0.0.1" in text
+    assert "association rejected: calling 'STORESCU' called 'FRACSCAN' from 127.0.0.2" in text
+    assert "connection from 127.0.0.3 closed at once: address not on the allow-list" in text
+    assert "association accepted: calling 'STORESCU' called 'FRACSCAN' from 127.0.0.1" in text
+    assert not list((running.spool / "incoming").glob("*.dcm")) and study_in(pacs, study_uid) == []
+    assert_no_phi(text)
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throw-away CA, and a server and a client certificate it signs (openssl)."""
+    folder.mkdir()
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=folder, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=fracscan-test-ca")  # fmt: skip
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
+            f"/CN={name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    return {name: folder / name for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+def test_a_listed_peer_over_tls_gets_its_results_and_plain_tcp_is_refused(server, pacs, tmp_path):
+    pem = make_certificates(tmp_path / "pki")
+    study_uid, paths = make_study(tmp_path / "src", ("wrist_fracture.dcm",), seed="tls")
+    tls = ("--tls-cert", str(pem["server.crt"]), "--tls-key", str(pem["server.key"]), "--tls-ca", str(pem["ca.crt"]))
+    with node(
+        tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1", *tls, "--tls-require-client-cert"
+    ) as running:
+        client_tls = ("+tls", str(pem["client.key"]), str(pem["client.crt"]), "+cf", str(pem["ca.crt"]))
+        assert storescu(running.port, *paths, options=client_tls) == ["Success"]
+        assert storescu(running.port, *paths)[0].startswith("no association")  # no TLS
+        assert echoscu(running.port, options=("+tla", "+cf", str(pem["ca.crt"]))) != 0  # TLS, but no client certificate
+        wait_for(lambda: len(study_in(pacs, study_uid)) == 1, 90, f"no results: {running.text()[-3000:]}")
+        study = study_in(pacs, study_uid)[0]["ID"]
+        wait_for(lambda: one_of_each(pacs, study, paths), 60, f"results incomplete: {running.text()[-3000:]}")
+        text = running.text()
+    assert "association accepted: calling 'STORESCU' called 'FRACSCAN' from 127.0.0.1 over TLS" in text
+    assert "TLS handshake failed" in text
+    assert_no_phi(text)
