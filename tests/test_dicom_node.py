@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pydicom
 import pytest
+from pydicom import uid
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from test_pacs_orthanc import Orthanc, one_of_each, wait_for
@@ -173,4 +177,57 @@ def test_a_listed_peer_over_tls_gets_its_results_and_plain_tcp_is_refused(server
         text = running.text()
     assert "association accepted: calling 'STORESCU' called 'FRACSCAN' from 127.0.0.1 over TLS" in text
     assert "TLS handshake failed" in text
+    assert_no_phi(text)
+
+
+def variant(source: Path, folder: Path, name: str, sop_class: str, modality: str, colour: bool = False) -> Path:
+    """`source` re-labelled as another kind of instance (another SOP class, modality, or colour pixels)."""
+    ds = pydicom.dcmread(source)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(source), name])
+    ds.Modality = modality
+    if colour:
+        gray = (ds.pixel_array >> max(int(ds.BitsStored) - 8, 0)).astype(np.uint8)
+        ds.PixelData = np.repeat(gray[..., None], 3, axis=2).tobytes()
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+    if name == "test_pattern":  # a grayscale bar pattern, as a Secondary Capture of an "other" modality
+        bars = (np.arange(int(ds.Columns)) * 4096 // int(ds.Columns)).astype(np.uint16)
+        ds.PixelData = np.tile(bars, (int(ds.Rows), 1)).astype(ds.pixel_array.dtype).tobytes()
+    path = folder / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+NOT_RADIOGRAPHS = {
+    "ct": (uid.CTImageStorage, "CT", False, "SOP Class 'CT Image Storage', Modality CT"),
+    "mr": (uid.MRImageStorage, "MR", False, "SOP Class 'MR Image Storage', Modality MR"),
+    "us": (uid.UltrasoundImageStorage, "US", False, "SOP Class 'Ultrasound Image Storage', Modality US"),
+    "rgb": (uid.SecondaryCaptureImageStorage, "DX", True, "Photometric Interpretation RGB"),
+    "test_pattern": (
+        uid.SecondaryCaptureImageStorage,
+        "OT",
+        False,
+        "SOP Class 'Secondary Capture Image Storage', Modality OT",
+    ),
+}
+
+
+def test_ct_mr_us_colour_and_a_test_pattern_are_acknowledged_not_scored_and_logged_once(server, pacs, tmp_path):
+    study_uid, (radiograph,) = make_study(tmp_path / "src", ("wrist_fracture.dcm",), seed="not-radiographs")
+    paths = {name: variant(radiograph, tmp_path / "src", name, *spec[:3]) for name, spec in NOT_RADIOGRAPHS.items()}
+    with node(tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1") as running:
+        assert storescu(running.port, *paths.values()) == ["Success"] * len(paths)  # acknowledged
+        running.wait_log("not scored", count=len(paths))
+        time.sleep(3)  # anything queued would be scored and stored by now
+        text = running.text()
+    for name, path in paths.items():
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        (line,) = [line for line in text.splitlines() if sop in line]
+        assert "acknowledged, not scored" in line and NOT_RADIOGRAPHS[name][3] in line, line
+    assert "spooled" not in text and "stored to" not in text
+    assert study_in(pacs, study_uid) == [] and not list((running.spool / "incoming").glob("*.dcm"))
     assert_no_phi(text)
