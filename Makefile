@@ -9,8 +9,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 .PHONY: demo test test-fast lint bench demo-rebuild demo-olczak-rebuild serve system-deps clean
 
 # The Triton python-backend stub links the system libpython of the same version.
-# The PACS tests run a real Orthanc (with its DICOMweb plug-in) and dcmtk's dsrdump.
-PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk
+# The PACS tests run a real Orthanc (with its DICOMweb plug-in), dcmtk (dsrdump, storescu, echoscu) and
+# dicom3tools (dciodvfy).
+PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
 system-deps:
 	@ldconfig -p | grep -q "libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")').so.1.0" \
 	  || (echo "installing the system libpython for the Triton python backend stub" && \

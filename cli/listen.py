@@ -49,7 +49,22 @@ def listen(
     ] = 10.0,
     max_associations: Annotated[int, typer.Option(help="At most this many connections at once.")] = 10,
     max_per_address: Annotated[int, typer.Option(help="At most this many connections from one address.")] = 4,
+    spool_max_bytes: Annotated[
+        int, typer.Option(help="Refuse (0xA700) what would make the spool larger than this; 0: the disk's size.")
+    ] = 0,
+    keep_failed: Annotated[
+        float, typer.Option(help="Keep instances set aside in SPOOL/failed this many days (reason beside each).")
+    ] = 7.0,
+    unanalysed_report: Annotated[
+        bool, typer.Option(help="Store a 'not analysed' SR for an image that could not be analysed.")
+    ] = True,
+    retry_max: Annotated[
+        float, typer.Option(help="Longest wait in seconds between tries while the server or destination is down.")
+    ] = 60.0,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds.")] = 60.0,
+    status: Annotated[
+        bool, typer.Option("--status", help="Print the running listener's status (SPOOL/status.json) and exit.")
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Log the DICOM associations and the result building too.")] = False,
 ) -> None:
     """Receive radiographs by C-STORE (Verification too), score them, and C-STORE the SR, GSPS and SC on.
@@ -58,6 +73,8 @@ def listen(
     and host together). Each instance is written to the spool before it is acknowledged and leaves it
     only once its results are stored, so a restart finishes what was received. Runs until Ctrl-C or SIGTERM.
     """
+    if status:
+        show_status(spool)
     try:
         from fracscan.pacs.access import AllowList, tls_context
         from fracscan.pacs.dimse import Destination
@@ -86,8 +103,10 @@ def listen(
         fail(f"--tls: {exc}")
     if idle_timeout <= 0 or max_associations < 1 or max_per_address < 1:
         fail("--idle-timeout must be positive, --max-associations and --max-per-address at least 1")
+    if spool_max_bytes < 0 or keep_failed < 0 or retry_max < 1:
+        fail("--spool-max-bytes and --keep-failed cannot be negative, --retry-max is at least 1 s")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for library in ("pynetdicom", "highdicom"):  # our own lines say what failed, once
+    for library in ("pynetdicom", "highdicom", "fracscan.client"):  # our own lines say what failed, once an outage
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.CRITICAL)
     config = ListenerConfig(
         ae_title=ae_title,
@@ -102,6 +121,11 @@ def listen(
         idle_timeout=idle_timeout,
         max_associations=max_associations,
         max_per_address=min(max_per_address, max_associations),
+        spool_max_bytes=spool_max_bytes,
+        keep_failed_days=keep_failed,
+        unanalysed_report=unanalysed_report,
+        retry_first_s=min(2.0, retry_max),
+        retry_max_s=retry_max,
     )
     listener = Listener(config)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -111,3 +135,17 @@ def listen(
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc}")
     listener.serve()
+
+
+def show_status(spool: Path) -> None:
+    """`--status`: the report as JSON on stdout; exit 1 when the listener is not running (a probe's answer)."""
+    import json
+
+    from fracscan.pacs.status import read_status
+
+    report, problem = read_status(spool)
+    if report is not None:
+        typer.echo(json.dumps(report, indent=1, sort_keys=True))
+    if problem:
+        fail(problem, code=1)
+    raise typer.Exit(0)

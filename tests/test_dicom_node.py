@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,12 +23,13 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from conftest import EXAMPLES
 from pydicom import uid
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from test_pacs_orthanc import Orthanc, one_of_each, wait_for
-from test_pacs_writers import assert_no_phi, make_study
+from test_pacs_writers import PHI, assert_no_phi, make_study
 
 from fracscan.server import free_port
 
@@ -231,3 +233,123 @@ def test_ct_mr_us_colour_and_a_test_pattern_are_acknowledged_not_scored_and_logg
     assert "spooled" not in text and "stored to" not in text
     assert study_in(pacs, study_uid) == [] and not list((running.spool / "incoming").glob("*.dcm"))
     assert_no_phi(text)
+
+
+def sop_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def radiograph(folder: Path, name: str, study_uid: str, size: int | None = None, corrupt: bool = False) -> Path:
+    """An example radiograph filed into `study_uid`: tiled up to size x size pixels, or with corrupt pixel data."""
+    ds = pydicom.dcmread(EXAMPLES / ("ankle_fracture_j2k.dcm" if corrupt else "wrist_fracture.dcm"))
+    ds.StudyInstanceUID = study_uid
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study_uid, name])
+    ds.PatientName, ds.PatientID = PHI["PatientName"], PHI["PatientID"]
+    if size:
+        ds.PixelData = np.resize(ds.pixel_array, (size, size)).astype(ds.pixel_array.dtype).tobytes()
+        ds.Rows = ds.Columns = size
+    if corrupt:  # the JPEG 2000 code stream replaced by noise of the same length: a readable header, no image
+        fragments = list(pydicom.encaps.generate_fragments(ds.PixelData))
+        noise = np.random.default_rng(7).integers(0, 256, len(fragments[0]), dtype=np.uint8).tobytes()
+        ds.PixelData = pydicom.encaps.encapsulate([noise])
+    path = folder / f"{name}.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path) -> Iterator[Path]:
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_spool_answers_out_of_resources_and_the_next_image_that_fits_succeeds(
+    server, pacs, tmp_path, tiny_tmpfs
+):
+    study_uid = generate_uid(entropy_srcs=["fracscan-test", "tmpfs"])
+    too_big = radiograph(tmp_path / "src", "too_big", study_uid, size=1100)  # 2.4 MB of pixels on a 2 MB disk
+    fits = radiograph(tmp_path / "src", "fits", study_uid)
+    spool = tiny_tmpfs / "spool"
+    with node(tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1", spool=spool) as running:
+        assert storescu(running.port, too_big) == ["Refused: OutOfResources"]
+        assert [p.name for p in (spool / "incoming").iterdir()] == []  # the partial file went at once
+        assert storescu(running.port, fits) == ["Success"]  # no restart
+        wait_for(lambda: len(study_in(pacs, study_uid)) == 1, 90, f"no results: {running.text()[-3000:]}")
+        study = study_in(pacs, study_uid)[0]["ID"]
+        wait_for(lambda: one_of_each(pacs, study, [fits]), 60, f"results incomplete: {running.text()[-3000:]}")
+        text = running.text()
+    (line,) = [line for line in text.splitlines() if sop_of(too_big) in line]
+    assert "0xA700" in line and re.search(r"\d+ bytes free", line), line
+    assert (spool.stat().st_mode & 0o777, (spool / "incoming").stat().st_mode & 0o777) == (0o700, 0o700)
+
+
+def test_a_spool_bound_refuses_beyond_it(server, pacs, tmp_path):
+    study_uid = generate_uid(entropy_srcs=["fracscan-test", "spool-bound"])
+    first, second = (radiograph(tmp_path / "src", name, study_uid) for name in ("first", "second"))
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing leaves the spool
+    with node(tmp_path, dead, pacs, "--allow", f"{SENDER}@127.0.0.1", "--spool-max-bytes", "400000") as running:
+        assert storescu(running.port, first, second) == ["Success", "Refused: OutOfResources"]
+        running.wait_log("spool-max-bytes")
+        (spooled,) = (running.spool / "incoming").glob("*.dcm")
+        assert spooled.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_corrupt_radiograph_gets_a_not_analysed_sr_in_its_study(server, pacs, tmp_path):
+    study_uid = generate_uid(entropy_srcs=["fracscan-test", "corrupt"])
+    corrupt = radiograph(tmp_path / "src", "corrupt", study_uid, corrupt=True)
+    with node(tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1") as running:
+        assert storescu(running.port, corrupt, options=("--propose-j2k-lossless",)) == ["Success"]  # sent as it is
+        wait_for(lambda: len(study_in(pacs, study_uid)) == 1, 90, f"no report: {running.text()[-3000:]}")
+        running.wait_log("'not analysed' SR stored")
+        text = running.text()
+    (series,) = httpx.get(f"{pacs.url}/studies/{study_in(pacs, study_uid)[0]['ID']}/series?expand", timeout=30).json()
+    (instance,) = series["Instances"]
+    report = pacs.dataset(instance)
+    assert report.Modality == "SR" and report.StudyInstanceUID == study_uid
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
+        0
+    ].ReferencedSOPInstanceUID == sop_of(corrupt)
+    (reason,) = [i.TextValue for i in report.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]
+    assert reason.startswith("not analysed: ") and "score" not in reason.lower()
+    saved = tmp_path / "report.dcm"
+    report.save_as(saved, enforce_file_format=True)
+    check = subprocess.run(["dciodvfy", str(saved)], capture_output=True, text=True, timeout=60)
+    assert "Error" not in check.stdout + check.stderr, check.stdout + check.stderr
+    failed = running.spool / "failed" / f"{sop_of(corrupt)}.dcm"
+    assert failed.stat().st_mode & 0o777 == 0o600 and (running.spool / "failed").stat().st_mode & 0o777 == 0o700
+    assert failed.with_suffix(".reason").read_text().startswith("not analysed: ")
+    assert_no_phi(text, reason, failed.with_suffix(".reason").read_text())
+
+
+def test_twelve_idle_connections_from_another_address_do_not_lock_out_the_allowed_peer(server, pacs, tmp_path):
+    study_uid = generate_uid(entropy_srcs=["fracscan-test", "starve"])
+    image = radiograph(tmp_path / "src", "starve", study_uid)
+    allowed = ("--allow", f"{SENDER}@127.0.0.1", "--allow", "OTHER@127.0.0.2", "--idle-timeout", "3")
+    with node(tmp_path, server.http_url, pacs, *allowed, "--max-per-address", "4") as running:
+        idle = []
+        for _ in range(12):  # connect and say nothing (no A-ASSOCIATE request)
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", running.port))
+            idle.append(sock)
+        time.sleep(0.5)
+        assert echoscu(running.port) == 0  # first try, no retry
+        assert storescu(running.port, image) == ["Success"]
+        closed = 0
+        for sock in idle:  # every one is closed: 8 at once (per-address limit), 4 after the idle timeout
+            sock.settimeout(10)
+            closed += sock.recv(1) == b""
+            sock.close()
+        assert closed == 12
+        running.wait_log("SR, GSPS and SC stored")
+        text = running.text()
+    assert "connection from 127.0.0.2 closed at once: 4 connections from this address already open" in text
+    assert len(re.findall("connection from 127.0.0.2 closed at once", text)) == 1  # rate-limited
