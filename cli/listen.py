@@ -149,3 +149,7 @@ def show_status(spool: Path) -> None:
     if problem:
         fail(problem, code=1)
     raise typer.Exit(0)
+
+
+if __name__ == "__main__":  # `python -m fracscan.cli.listen --status`: the probe without importing every command
+    typer.run(listen)

@@ -7,6 +7,8 @@ may connect (allow-list, TLS), what is scored (projection radiographs only), the
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import signal
@@ -84,8 +86,9 @@ def node(tmp_path: Path, url: str, pacs: Orthanc, *options: str, spool: Path | N
 
 
 def storescu(port: int, *files: Path, aet: str = SENDER, options: tuple[str, ...] = ()) -> list[str]:
-    """Send with dcmtk's storescu; the C-STORE status of each file, in order (e.g. "Success")."""
-    command = ["storescu", "-v", "-aet", aet, "-aec", NODE_AET, *options, "127.0.0.1", str(port), *map(str, files)]
+    """Send with dcmtk's storescu (JPEG 2000 as it is); the C-STORE status of each file, in order (e.g. "Success")."""
+    command = ["storescu", "-v", "-xv", "-aet", aet, "-aec", NODE_AET, *options, "127.0.0.1", str(port)]
+    command += map(str, files)
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     return re.findall(r"Received Store Response \(([^)]*)\)", done.stdout + done.stderr) or [
         f"no association (exit {done.returncode}): {(done.stdout + done.stderr)[-500:]}"
@@ -306,7 +309,10 @@ def test_a_corrupt_radiograph_gets_a_not_analysed_sr_in_its_study(server, pacs, 
     study_uid = generate_uid(entropy_srcs=["fracscan-test", "corrupt"])
     corrupt = radiograph(tmp_path / "src", "corrupt", study_uid, corrupt=True)
     with node(tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1") as running:
-        assert storescu(running.port, corrupt, options=("--propose-j2k-lossless",)) == ["Success"]  # sent as it is
+        assert storescu(
+            running.port,
+            corrupt,
+        ) == ["Success"]
         wait_for(lambda: len(study_in(pacs, study_uid)) == 1, 90, f"no report: {running.text()[-3000:]}")
         running.wait_log("'not analysed' SR stored")
         text = running.text()
@@ -353,3 +359,54 @@ def test_twelve_idle_connections_from_another_address_do_not_lock_out_the_allowe
         text = running.text()
     assert "connection from 127.0.0.2 closed at once: 4 connections from this address already open" in text
     assert len(re.findall("connection from 127.0.0.2 closed at once", text)) == 1  # rate-limited
+
+
+def inferences(server) -> float:
+    """Requests the ensemble answered so far (Triton's own counter: independent of the listener's log)."""
+    text = httpx.get(server.metrics_url, timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('nv_inference_request_success{model="fracscan",')
+    )
+
+
+def node_status(spool: Path) -> dict:
+    command = [sys.executable, "-m", "fracscan.cli", "listen", "--status", "--spool", str(spool)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_destination_outage_costs_one_inference_per_image_and_every_result_arrives_once(server, tmp_path):
+    outage_pacs = Orthanc(tmp_path / "orthanc", free_port())
+    (tmp_path / "orthanc").mkdir()
+    outage_pacs.start()
+    study_uid, paths = make_study(tmp_path / "src", seed="outage")
+    try:
+        options = ("--allow", f"{SENDER}@127.0.0.1", "--retry-max", "4")
+        with node(tmp_path, server.http_url, outage_pacs, *options) as running:
+            assert outage_pacs.process is not None
+            os.kill(outage_pacs.process.pid, signal.SIGKILL)  # the destination goes away
+            outage_pacs.process.wait(10)
+            before = inferences(server)
+            assert storescu(running.port, *paths) == ["Success"] * len(paths)
+            running.wait_log("unavailable")
+            time.sleep(20)
+            assert inferences(server) - before == len(paths)  # scored once each, kept in the spool
+            status = node_status(running.spool)
+            assert status["queue_length"] == len(paths) and status["destination_down_since"]
+            assert "ORTHANC@127.0.0.1" in status["last_destination_error"]["error"]
+            outage_pacs.start()  # back, on the same ports with the same storage
+            wait_for(lambda: len(study_in(outage_pacs, study_uid)) == 1, 60, f"no results: {running.text()[-3000:]}")
+            study = study_in(outage_pacs, study_uid)[0]["ID"]
+            wait_for(lambda: one_of_each(outage_pacs, study, paths), 60, f"incomplete: {running.text()[-3000:]}")
+            running.wait_log("SR, GSPS and SC stored", count=len(paths))
+            assert inferences(server) - before == len(paths)  # nothing was scored again
+            wait_for(lambda: node_status(running.spool)["queue_length"] == 0, 15, "the status still shows a queue")
+            text = running.text()
+        assert text.count("unavailable") == 1 and text.count("available again") == 1  # once per outage
+        assert len(re.findall("SR, GSPS and SC stored", text)) == len(paths)
+        assert_no_phi(text)
+    finally:
+        outage_pacs.stop()
