@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -141,7 +141,9 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),
         ]
-        server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=GuardedServer)
+        server = cast(
+            GuardedServer, ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=GuardedServer)
+        )
         server.gate = self.gate = ConnectionGate(
             config.allow, config.max_associations, config.max_per_address, self.rejections
         )
@@ -245,8 +247,11 @@ class Listener:
                         continue
                 if self.destination_backoff.ready():
                     self._deliver(path, *answer)
-            except (FracScanError, SpoolFull) as exc:
+            except FracScanError as exc:
                 self.server_backoff.failed(str(exc))
+            except SpoolFull as exc:  # no room for the results beside the image: like an outage, it passes
+                self.failures["spool full"] += 1
+                self.server_backoff.failed(f"cannot keep results in the spool: {exc}")
             except StoreFailed as exc:
                 self.destination_backoff.failed(str(exc))
             except Exception as exc:
