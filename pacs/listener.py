@@ -184,18 +184,18 @@ class Listener:
             return
         diagnostic = 0x07 if reason.startswith("called") else 0x03  # called / calling AE title not recognised
         event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
-        self.counts["associations rejected"] += 1
+        self.counts["rejected"] += 1
         line = self._association_line(event, "rejected", reason)
         self.rejections.warning(f"{event.assoc.requestor.address}:{reason}", "%s", line)
         event.assoc.kill()
 
     def _on_accepted(self, event: Any) -> None:
-        self.counts["associations accepted"] += 1
+        self.counts["accepted"] += 1
         log.info("%s", self._association_line(event, "accepted"))
 
     def _on_rejected(self, event: Any) -> None:
         """pynetdicom's own refusal: more associations than --max-associations."""
-        self.counts["associations rejected"] += 1
+        self.counts["rejected"] += 1
         why = f"more than {self.config.max_associations} associations (--max-associations)"
         self.rejections.warning(
             f"{event.assoc.requestor.address}:limit", "%s", self._association_line(event, "rejected", why)
