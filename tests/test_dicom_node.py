@@ -225,9 +225,11 @@ def test_ct_mr_us_colour_and_a_test_pattern_are_acknowledged_not_scored_and_logg
     study_uid, (radiograph,) = make_study(tmp_path / "src", ("wrist_fracture.dcm",), seed="not-radiographs")
     paths = {name: variant(radiograph, tmp_path / "src", name, *spec[:3]) for name, spec in NOT_RADIOGRAPHS.items()}
     with node(tmp_path, server.http_url, pacs, "--allow", f"{SENDER}@127.0.0.1") as running:
+        before = inferences(server)
         assert storescu(running.port, *paths.values()) == ["Success"] * len(paths)  # acknowledged
         running.wait_log("not scored", count=len(paths))
         time.sleep(3)  # anything queued would be scored and stored by now
+        assert inferences(server) == before  # the server saw none of them
         text = running.text()
     for name, path in paths.items():
         sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
