@@ -24,6 +24,7 @@ from fracscan.acquisition import Acquisition, from_dataset, from_size
 from fracscan.client.errors import InvalidInput
 from fracscan.decode import SNIFF_BYTES, DecodeError, declared_dimensions, decode_image, read_dicom_header, sniff_kind
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids
+from fracscan.scorable import not_a_radiograph
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | NDArray[Any] | pydicom.Dataset
 
@@ -95,7 +96,8 @@ def compact_pixels(pixels: NDArray[np.float32]) -> NDArray[Any]:
 def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str], Acquisition]:
     """Cheap checks on encoded bytes: known format by magic bytes; the declared size within the pixel
     limit (PNG / JPEG / TIFF / .npy headers); for DICOM, a readable header of a single-frame image SOP
-    class with pixel data and Rows / Columns within the limit. Returns (kind, DICOM UIDs, acquisition facts)."""
+    class with pixel data and Rows / Columns within the limit, and a projection radiograph
+    (`fracscan.scorable`). Returns (kind, DICOM UIDs, acquisition facts)."""
     if not data:
         raise InvalidInput("empty input: no bytes to send", source=label)
     kind = sniff_kind(data[:HEAD_BYTES])
@@ -108,6 +110,9 @@ def check_encoded(data: bytes, label: str) -> tuple[str, dict[str, str], Acquisi
         ds = read_dicom_header(data)
     except DecodeError as exc:
         raise InvalidInput(str(exc), source=label) from None
+    reason = not_a_radiograph(ds)
+    if reason:
+        raise InvalidInput(reason, source=label)
     return kind, instance_uids(ds), from_dataset(ds)
 
 

@@ -30,11 +30,11 @@ from fracscan.client.errors import FracScanError
 from fracscan.client.models import Prediction, PredictionError
 from fracscan.client.sync import FracScanClient
 from fracscan.pacs.results import MANUFACTURER, build_results, skip_reason
+from fracscan.scorable import RADIOGRAPH_CLASSES, SECONDARY_CAPTURE, not_a_radiograph
 
 LABEL_PREFIX = "dicomweb:"
 SOP_CLASS_TAG, STUDY_TAG, SERIES_TAG, SOP_TAG = "00080016", "0020000D", "0020000E", "00080018"
-MANUFACTURER_TAG = "00080070"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.1 - .7.4
+MANUFACTURER_TAG, MODALITY_TAG = "00080070", "00080060"
 
 Skipped = Callable[[str, str], None]  # (label, reason)
 
@@ -72,7 +72,9 @@ class DicomWeb:
         self.web = client or DICOMwebClient(url, timeout=timeout)
 
     def instances(self, study_uid: str, skipped: Skipped | None = None) -> list[InstanceRef]:
-        """The study's image instances (QIDO-RS); non-image SOP classes are reported to `skipped`."""
+        """The study's instances of a radiograph SOP class (QIDO-RS); the others are reported to `skipped`.
+
+        The rest of the rule (`fracscan.scorable`: modality, grayscale) is applied to each header retrieved."""
         try:
             found = self.web.search_for_instances(study_instance_uid=study_uid, get_remaining=True)
         except Exception as exc:
@@ -80,11 +82,13 @@ class DicomWeb:
         refs = []
         for item in found:
             ref = InstanceRef(_value(item, STUDY_TAG) or study_uid, _value(item, SERIES_TAG), _value(item, SOP_TAG))
-            sop_class = UID(_value(item, SOP_CLASS_TAG))
-            if sop_class and "Image Storage" not in sop_class.name and sop_class.name != str(sop_class):
-                reason: str | None = f"not an image: SOP Class '{sop_class.name}'"
+            sop_class = _value(item, SOP_CLASS_TAG)
+            if sop_class not in RADIOGRAPH_CLASSES:
+                header = Dataset()
+                header.SOPClassUID, header.Modality = UID(sop_class), _value(item, MODALITY_TAG)
+                reason: str | None = not_a_radiograph(header)
             else:
-                reason = self._own_result(ref) if sop_class.startswith(SECONDARY_CAPTURE) else None
+                reason = self._own_result(ref) if sop_class == SECONDARY_CAPTURE else None
             if reason is None:
                 refs.append(ref)
             elif skipped:

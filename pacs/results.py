@@ -22,10 +22,11 @@ from pydicom.errors import InvalidDicomError
 
 from fracscan.client.models import Prediction
 from fracscan.client.study import StudyPrediction, ViewPrediction
-from fracscan.decode import DecodeError, check_dicom_image, sniff_kind
+from fracscan.decode import sniff_kind
 from fracscan.pacs import gsps, sc, sr, study_sr
 from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
 from fracscan.provenance import Provenance
+from fracscan.scorable import not_a_radiograph
 
 ResultWriter = Callable[[ScoredImage], Dataset]
 WRITERS: dict[str, ResultWriter] = {sr.KIND: sr.build, gsps.KIND: gsps.build, sc.KIND: sc.build}
@@ -75,14 +76,11 @@ def _view_dataset(view: object) -> Dataset | None:
 
 
 def skip_reason(dataset: Dataset) -> str | None:
-    """Why an instance is not scored (not an image, or one of our own results), or None to score it."""
-    try:
-        check_dicom_image(dataset, has_pixels=False)
-    except DecodeError as exc:
-        return str(exc)
+    """Why an instance is not scored (one of our own results, or not a projection radiograph:
+    `fracscan.scorable`), or None to score it. Reads the header only."""
     if str(dataset.get("Manufacturer", "")) == MANUFACTURER:
         return "a fracscan result"
-    return None
+    return not_a_radiograph(dataset)
 
 
 __all__ = [

@@ -669,6 +669,10 @@ def test_k8s_manifests_validate():
         "service/fracscan-triton",
         "horizontalpodautoscaler/fracscan-triton",
         "configmap/fracscan-prometheus-adapter-rules",
+        "deployment/fracscan-listener",
+        "service/fracscan-listener",
+        "persistentvolumeclaim/fracscan-listener-spool",
+        "configmap/fracscan-listener",
     ):
         assert f"passed for resource {kind}" in out, out
     # kustomization.yaml has no schema (a warning); check it by hand
@@ -704,6 +708,23 @@ def test_k8s_manifests_content():
     assert rules[0]["name"]["as"] == "fracscan_queue_time_ms"
     assert "nv_inference_queue_duration_us" in rules[0]["metricsQuery"]
     assert "nv_inference_request_success" in rules[0]["metricsQuery"]
+
+
+def test_k8s_listener_is_closed_and_probed_by_its_status():
+    documents = {d["kind"]: d for d in yaml.safe_load_all((DOCKER / "k8s" / "listener.yaml").read_text())}
+    container = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["fracscan", "listen"] and "--allow-any" not in command
+    for option in ("--allow-file", "--tls-cert", "--tls-key", "--tls-ca", "--tls-require-client-cert", "--spool"):
+        assert option in command, option
+    spool = command[command.index("--spool") + 1]
+    probe = ["python3", "-m", "fracscan.cli.listen", "--status", "--spool", spool]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[kind]["exec"]["command"] == probe, kind
+    assert {"name": "spool", "mountPath": spool} in container["volumeMounts"]
+    assert documents["Deployment"]["spec"]["strategy"]["type"] == "Recreate"  # one pod on the spool
+    allow = [line.split("#")[0].strip() for line in documents["ConfigMap"]["data"]["allow.txt"].splitlines()]
+    assert all("@" in entry for entry in allow if entry)
 
 
 def test_compose_file():

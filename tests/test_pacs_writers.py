@@ -232,6 +232,7 @@ def test_sc_draws_definite_solid_and_suspicious_dashed_with_a_demo_banner(scored
 def test_non_images_and_own_results_are_not_scored(scored):
     data, prediction = scored
     sr, gsps, capture = build_results(data, prediction, DEMO)
-    assert "not an image" in skip_reason(sr) and "not an image" in skip_reason(gsps)
-    assert skip_reason(capture) == "a fracscan result"
+    assert skip_reason(sr) == skip_reason(gsps) == skip_reason(capture) == "a fracscan result"
+    sr.Manufacturer = "another vendor"
+    assert skip_reason(sr).startswith("not an image: SOP Class 'Comprehensive 3D SR Storage', Modality SR")
     assert skip_reason(pydicom.dcmread(io.BytesIO(data))) is None
