@@ -21,8 +21,8 @@ BORDER = 0.06  # share of each side left black, like collimation: the crop has s
 def phantom(rng: np.random.Generator, shape: tuple[int, int]) -> NDArray[np.uint16]:
     """One uint16 phantom: soft tissue, two or three bone rods (one sometimes broken), noise, a black border."""
     rows, cols = shape
-    grid: NDArray[np.float32] = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    y, x = grid
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    image: NDArray[np.float32]
     image = 900 + 300 * np.exp(-(((x - cols / 2) / (0.35 * cols)) ** 2))  # soft tissue, brightest in the middle
     for _ in range(int(rng.integers(2, 4))):
         angle = rng.uniform(-0.4, 0.4)
