@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 FloatArray = NDArray[np.floating[Any]]
+BoolArray = NDArray[np.bool_]
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 on the final pixel grid
 Point = Sequence[float] | FloatArray  # x, y
 Points = Sequence[Sequence[float]] | FloatArray  # (n, 2)
