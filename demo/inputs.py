@@ -8,8 +8,10 @@ these are the demo generator's radiographs made into frames by `fracscan.preproc
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fracscan.preprocess import preprocess
 from fracscan.spec import PreprocessSpec
@@ -22,7 +24,7 @@ from .synthetic.scenes import choose
 RENDER_SCALE = 2
 
 
-def synthetic_radiographs(batch: int, size: int, seed: int = 0, channels: int = 2) -> np.ndarray:
+def synthetic_radiographs(batch: int, size: int, seed: int = 0, channels: int = 2) -> NDArray[np.float32]:
     """[batch, channels, size, size] float32 in [-1, 1]: plain and LCN channels of synthetic radiographs.
 
     Deterministic for (batch, size, seed); region, fracture and orientation are drawn per case.
@@ -32,7 +34,7 @@ def synthetic_radiographs(batch: int, size: int, seed: int = 0, channels: int = 
 
 
 @lru_cache(maxsize=32)
-def _frames(batch: int, size: int, seed: int) -> np.ndarray:
+def _frames(batch: int, size: int, seed: int) -> NDArray[np.float32]:
     # Both shipped specs use an LCN sigma of S / 64 (16 at S = 1024, 2 at S = 128).
     spec = PreprocessSpec(size=size, lcn_sigma=max(size / 64, 1.0))
     case_seeds = np.random.default_rng([seed, 0x1A7E]).integers(0, 1 << 31, batch)
@@ -46,7 +48,7 @@ def _frames(batch: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def npy_bytes(pixels: np.ndarray) -> bytes:
+def npy_bytes(pixels: NDArray[Any]) -> bytes:
     """A synthetic radiograph as the `.npy` bytes the ensemble's IMAGE input takes."""
     import io
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from numpy.typing import NDArray
 
 from fracscan.contract import STUDY_RULES, THRESHOLDS_FILE
 from fracscan.demo.inputs import npy_bytes
@@ -145,7 +146,7 @@ def main(
         print(f"installed the study thresholds (rule {best}) into {REPOSITORY / THRESHOLDS_FILE}")
 
 
-def _labels_scores(rows: list[dict[str, Any]], rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _labels_scores(rows: list[dict[str, Any]], rule: str) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     y = np.array([r["fracture"] for r in rows])
     s = np.array([aggregate(r["scores"], rule) for r in rows])
     return y, s, np.zeros_like(y)

@@ -55,7 +55,9 @@ def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation=(1, 1), residual: bool = True):
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, dilation: tuple[int, int] = (1, 1), residual: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride, dilation[0])
         self.bn1 = nn.BatchNorm2d(planes)
@@ -64,7 +66,7 @@ class BasicBlock(nn.Module):
         self.downsample = _shortcut(cin, planes, stride) if residual else None
         self.residual = residual
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
@@ -75,7 +77,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation=(1, 1), residual: bool = True):
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, dilation: tuple[int, int] = (1, 1), residual: bool = True
+    ) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
@@ -87,13 +91,16 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(cin, cout, stride) if residual else None
         self.residual = residual
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return F.relu(out)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
@@ -116,7 +123,7 @@ def _conv_layers(cin: int, cout: int, n: int, stride: int = 1, dilation: int = 1
 
 
 def _res_level(
-    block, cin: int, planes: int, n: int, stride: int = 1, dilation: int = 1, residual: bool = True
+    block: Block, cin: int, planes: int, n: int, stride: int = 1, dilation: int = 1, residual: bool = True
 ) -> nn.Sequential:
     blocks = [block(cin, planes, stride, (dilation, dilation), residual)]
     blocks += [block(planes * block.expansion, planes, 1, (dilation, dilation), residual) for _ in range(n - 1)]
@@ -126,14 +133,14 @@ def _res_level(
 class DRN(nn.Module):
     """DRN feature extractor: [B, in_channels, S, S] -> [B, out_channels, S/8, S/8]."""
 
-    def __init__(self, arch: str, in_channels: int = 3, width: float = 1.0):
+    def __init__(self, arch: str, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         if arch not in ARCH_CONFIGS:
             raise ValueError(f"unknown arch {arch!r}, expected one of {list(ARCH_CONFIGS)}")
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
         kind, block_name, n = ARCH_CONFIGS[arch]
-        block = BasicBlock if block_name == "basic" else Bottleneck
+        block: Block = BasicBlock if block_name == "basic" else Bottleneck
         ch = [scale_channels(c, width) for c in CHANNELS]
         exp = block.expansion
 
@@ -165,7 +172,7 @@ class DRN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(9):
             x = getattr(self, f"layer{i}")(x)
         return x
@@ -174,13 +181,14 @@ class DRN(nn.Module):
 class DRNClassifier(nn.Module):
     """ImageNet-style DRN: global average pool + 1x1 conv classifier (as in the paper's parameter counts)."""
 
-    def __init__(self, arch: str, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0):
+    def __init__(self, arch: str, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         self.backbone = DRN(arch, in_channels, width)
         self.fc = nn.Conv2d(self.backbone.out_channels, num_classes, 1)
 
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(self.backbone(x), 1)).flatten(1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.fc(F.adaptive_avg_pool2d(self.backbone(x), 1))  # Module calls return Any
+        return logits.flatten(1)
 
 
 def drn_backbone(arch: str, num_classes: int = 1000) -> DRNClassifier:
@@ -197,7 +205,7 @@ class FractureMember(nn.Module):
     takes the same input `image` [B, pixel_channels, S, S].
     """
 
-    def __init__(self, spec: MemberSpec):
+    def __init__(self, spec: MemberSpec) -> None:
         super().__init__()
         check_channels(spec)
         self.spec = spec

@@ -30,7 +30,9 @@ def select_channels(image: torch.Tensor, spec: MemberSpec) -> torch.Tensor:
     """The channel(s) `spec.input` names of the shared input [B, pixel_channels, S, S]: plain 0, LCN 1."""
     channels = spec.pixel_channels
     # Checked eagerly only: under ONNX tracing the shape is fixed by the export itself.
-    if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != channels):
+    # torch.jit.is_tracing is public but unannotated and missing from torch.jit's __all__.
+    tracing = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+    if not tracing and (image.dim() != 4 or image.shape[1] != channels):
         names = "plain, LCN" if channels == 2 else "plain"
         raise ValueError(
             f"member {spec.name!r}: expected image [B, {channels}, S, S] ({names}), got {list(image.shape)}"

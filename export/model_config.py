@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 
 def config_text(cfg: mc.ModelConfig) -> str:
-    return text_format.MessageToString(cfg)
+    return str(text_format.MessageToString(cfg))
 
 
 def parse_config(text: str) -> mc.ModelConfig:

@@ -214,14 +214,17 @@ class OnnxCheckError(ValueError):
     """The ONNX file would not build (or would serve the wrong shapes) as a TensorRT engine."""
 
 
+Dim = int | str  # a static size, or a symbolic name ('batch'), or '?' when unknown
+
+
 @dataclass
 class OnnxCheckReport:
     path: Path
     opset: int | None = None
     ir_version: int | None = None
-    ops: Counter = field(default_factory=Counter)
-    inputs: dict[str, list] = field(default_factory=dict)  # name -> dims ('batch' style names for symbolic)
-    outputs: dict[str, list] = field(default_factory=dict)
+    ops: Counter[str] = field(default_factory=Counter)
+    inputs: dict[str, list[Dim]] = field(default_factory=dict)  # name -> dims ('batch' style names for symbolic)
+    outputs: dict[str, list[Dim]] = field(default_factory=dict)
     unsupported_ops: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -249,7 +252,7 @@ class OnnxCheckReport:
         return self
 
 
-def _dims(value_info) -> list:
+def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return []
@@ -259,11 +262,11 @@ def _dims(value_info) -> list:
     ]
 
 
-def _is_static(dim) -> bool:
+def _is_static(dim: Dim) -> bool:
     return isinstance(dim, int) and dim > 0
 
 
-def _collect_ops(graph: onnx.GraphProto, counter: Counter, domains: set[str]) -> None:
+def _collect_ops(graph: onnx.GraphProto, counter: Counter[str], domains: set[str]) -> None:
     """Every node, including those in subgraphs (If / Loop / Scan bodies)."""
     for node in graph.node:
         domain = node.domain or ""
@@ -320,7 +323,7 @@ def check_onnx_for_tensorrt(
     try:
         _check(check_path, report, frozenset(allowed_ops), batch_dim_dynamic, expected_inputs)
         if fold_constants and check_path != path:
-            before = Counter()
+            before: Counter[str] = Counter()
             _collect_ops(onnx.load(str(path), load_external_data=False).graph, before, set())
             report.folded_nodes = sum(before.values()) - sum(report.ops.values())
     finally:

@@ -9,6 +9,7 @@ pre-processing (`fracscan.preprocess.preprocess`: the serving path's crop, resiz
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fracscan.preprocess import preprocess
 from fracscan.spec import PreprocessSpec
@@ -17,10 +18,11 @@ RENDER_SCALE = 2  # drawn at twice S, so pre-processing downsamples them as it d
 BORDER = 0.06  # share of each side left black, like collimation: the crop has something to remove
 
 
-def phantom(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+def phantom(rng: np.random.Generator, shape: tuple[int, int]) -> NDArray[np.uint16]:
     """One uint16 phantom: soft tissue, two or three bone rods (one sometimes broken), noise, a black border."""
     rows, cols = shape
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    image: NDArray[np.float32]
     image = 900 + 300 * np.exp(-(((x - cols / 2) / (0.35 * cols)) ** 2))  # soft tissue, brightest in the middle
     for _ in range(int(rng.integers(2, 4))):
         angle = rng.uniform(-0.4, 0.4)
@@ -38,7 +40,7 @@ def phantom(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(image, 0, 4095).astype(np.uint16)
 
 
-def phantom_frames(batch: int, size: int, seed: int = 0, channels: int = 2) -> np.ndarray:
+def phantom_frames(batch: int, size: int, seed: int = 0, channels: int = 2) -> NDArray[np.float32]:
     """[batch, channels, size, size] float32 in [-1, 1]: plain and LCN channels of phantoms (deterministic)."""
     spec = PreprocessSpec(size=size, lcn_sigma=max(size / 64, 1.0))  # both shipped specs: sigma = S / 64
     rng = np.random.default_rng([seed, 0x9A47])

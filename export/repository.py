@@ -305,7 +305,7 @@ def write_repository(
     output.mkdir(parents=True, exist_ok=True)
 
     def write(cfg: mc.ModelConfig, adapter: str | None = None) -> Path:
-        version = output / cfg.name / c.MODEL_VERSION
+        version = output / str(cfg.name) / c.MODEL_VERSION
         version.mkdir(parents=True, exist_ok=True)
         (output / cfg.name / c.CONFIG_FILE).write_text(config_text(cfg))
         if adapter:

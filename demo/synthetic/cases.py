@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import streams
 from .fractures import place_fracture
 from .phantoms import LAYOUTS, REGIONS
+from .primitives import FloatArray
 from .render import expose, finish, render_layers
-from .scenes import choose, draw_scene
+from .scenes import Scene, choose, draw_scene
 from .views import VIEWS, check_view, pick_region
 
 DEMO_NOTICE = "SYNTHETIC DEMO IMAGE - NOT A PATIENT - NOT FOR CLINICAL USE"
@@ -31,7 +33,7 @@ class SyntheticCase:
     view: the exam view drawn ("frontal" / "lateral" / "oblique", see `views`); None: no view asked for.
     """
 
-    pixels: np.ndarray
+    pixels: NDArray[np.uint16]
     region: str
     fracture: bool
     box: tuple[int, int, int, int] | None
@@ -58,7 +60,7 @@ def build(
     fracture: bool | None,
     shape: tuple[int, int] | None,
     view: str | None = None,
-):
+) -> tuple[SyntheticCase, Scene, dict[str, FloatArray]]:
     seed = streams.check_seed(seed)
     if view is not None and region is None:
         region = pick_region(seed)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 from .cases import DEMO_NOTICE, make_case
 from .scenes import choose
 from .writers import TRANSFER_SYNTAXES, write_dicom, write_png
 
 # (file name, region, fracture, seed, writer, options). Images are ~0.55x the default size.
-_EXAMPLES: tuple[tuple[str, str, bool, int, str, dict], ...] = (
+_EXAMPLES: tuple[tuple[str, str, bool, int, str, dict[str, Any]], ...] = (
     ("wrist_fracture.dcm", "wrist", True, 101, "dicom", {}),
     ("hand_normal_mono1.dcm", "hand", False, 102, "dicom", {"photometric": "MONOCHROME1", "ts": "jpeg2000_lossless"}),
     ("ankle_fracture_j2k.dcm", "ankle", True, 103, "dicom", {"ts": "jpeg2000_lossless"}),

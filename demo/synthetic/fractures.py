@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import streams
-from .primitives import Blob, Frame, Prim, Tube, density_on
+from .primitives import Blob, BoolArray, FloatArray, Frame, Prim, Tube, Window, density_on
 from .scenes import Scene
 
 # Lucent-line width as a fraction of the image size: wide enough that the line stays visible
@@ -24,8 +24,8 @@ FRACTURE_WIDTH = (0.015, 0.025)
 @dataclass
 class Fracture:
     bone: int
-    pf: np.ndarray
-    normal: np.ndarray  # unit normal of the fracture line
+    pf: FloatArray
+    normal: FloatArray  # unit normal of the fracture line
     width: float
     depth: float
     amp: float
@@ -35,18 +35,21 @@ class Fracture:
     kind: str
     pieces: tuple[Prim, Prim] | None = None  # displaced: (fixed, moving)
     angle: float = 0.0
-    shift: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    shift: FloatArray = field(default_factory=lambda: np.zeros(2))
     extent: tuple[float, float, float, float] | None = None
 
-    def sd(self, u, v):
+    def sd(self, u: FloatArray, v: FloatArray) -> FloatArray:
         du, dv = u - self.pf[0], v - self.pf[1]
         along = -du * self.normal[1] + dv * self.normal[0]
-        return du * self.normal[0] + dv * self.normal[1] + self.amp * np.sin(self.k * along + self.phase)
+        wave: FloatArray = np.sin(self.k * along + self.phase)
+        signed: FloatArray = du * self.normal[0] + dv * self.normal[1] + self.amp * wave
+        return signed
 
-    def near(self, u, v):
-        return (u - self.pf[0]) ** 2 + (v - self.pf[1]) ** 2 < self.rclip**2
+    def near(self, u: FloatArray, v: FloatArray) -> BoolArray:
+        inside: BoolArray = (u - self.pf[0]) ** 2 + (v - self.pf[1]) ** 2 < self.rclip**2
+        return inside
 
-    def fwd(self, u, v):
+    def fwd(self, u: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
         du, dv = u - self.pf[0], v - self.pf[1]
         c, s = math.cos(self.angle), math.sin(self.angle)
         return self.pf[0] + c * du - s * dv + self.shift[0], self.pf[1] + s * du + c * dv + self.shift[1]
@@ -58,7 +61,7 @@ class Fracture:
         cc = self.pf + rot.T @ (frame.cc - self.shift - self.pf)
         return Frame(frame.H, frame.W, frame.M @ rot, cc, frame.off)
 
-    def render(self, frame: Frame, bone: Prim, win) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, frame: Frame, bone: Prim, win: Window) -> tuple[FloatArray, BoolArray]:
         """(fractured density, footprint of the line) of the bone on a window of the final grid."""
         hw = self.width / 2
         u, v = frame.grid(win)
@@ -144,7 +147,7 @@ def _make_fracture(bones: list[Prim], rng: np.random.Generator, s: float, scale:
     return fr
 
 
-def _box_of(mask: np.ndarray, win) -> tuple[int, int, int, int] | None:
+def _box_of(mask: BoolArray, win: Window) -> Window | None:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return None
@@ -152,11 +155,11 @@ def _box_of(mask: np.ndarray, win) -> tuple[int, int, int, int] | None:
     return (int(x0 + xs.min()), int(y0 + ys.min()), int(x0 + xs.max() + 1), int(y0 + ys.max() + 1))
 
 
-def _overlap(a, b) -> bool:
+def _overlap(a: Window, b: Window) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _visible(sc: Scene, fr: Fracture, win, dens: np.ndarray, foot: np.ndarray, min_ratio: float = 0.25) -> bool:
+def _visible(sc: Scene, fr: Fracture, win: Window, dens: FloatArray, foot: BoolArray, min_ratio: float = 0.25) -> bool:
     """Is enough of the attenuation along the line removed (not hidden under other bones)?"""
     orig = density_on(sc.frame, sc.bones[fr.bone], win)
     removed = np.clip(orig - dens, 0.0, None)

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .primitives import Jitter, Layout, Prim, blob, long_bone, soft_blob, soft_tube
+from .primitives import FloatArray, Jitter, Layout, Point, Prim, blob, long_bone, soft_blob, soft_tube
 
 
-def forearm_layout(w, h, j: Jitter) -> Layout:
+def forearm_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.05)
     r = j(0.042, 0.006)
-    bones = [
+    bones: list[Prim] = [
         long_bone((j(cx + 0.02, 0.02), -0.35), (cx, h * 0.03), 0.06, flare1=2.3, name="humerus"),
         long_bone(
             (cx + 0.075, h * 0.08),
@@ -42,11 +42,11 @@ def forearm_layout(w, h, j: Jitter) -> Layout:
     ]
     for k in range(4):
         bones.append(blob((cx - 0.1 + 0.075 * k, h * 0.985 + j(0, 0.01)), 0.035, 0.028, j(0, 20)))
-    soft = [soft_tube([(cx, -0.2), (cx, h * 0.5), (cx + 0.02, h + 0.2)], [0.33, 0.28, 0.22])]
+    soft: list[Prim] = [soft_tube([(cx, -0.2), (cx, h * 0.5), (cx + 0.02, h + 0.2)], [0.33, 0.28, 0.22])]
     return Layout(bones, soft, r)
 
 
-def wrist_layout(w, h, j: Jitter) -> Layout:
+def wrist_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     yj = h * 0.42 + j(0, 0.03)
     rr = j(0.06, 0.008)
@@ -96,14 +96,22 @@ def wrist_layout(w, h, j: Jitter) -> Layout:
                 frac_range=(0.15, 0.6),
             )
         )
-    soft = [
+    soft: list[Prim] = [
         soft_tube([(cx, -0.3), (cx, yj), (cx + 0.02, h + 0.3)], [0.3, 0.3, 0.34]),
         soft_tube([(cx + 0.22, base), (cx + 0.45, h + 0.2)], 0.07, weight=0.8),
     ]
     return Layout(bones, soft, rr * 0.8)
 
 
-def _finger(base, ang_deg, lens, rads, j: Jitter, name: str, wts: Sequence[float]) -> list[Prim]:
+def _finger(
+    base: Point,
+    ang_deg: float,
+    lens: FloatArray,
+    rads: FloatArray,
+    j: Jitter,
+    name: str,
+    wts: Sequence[float],
+) -> list[Prim]:
     out: list[Prim] = []
     a = math.radians(ang_deg)
     d = np.array([math.sin(a), -math.cos(a)])
@@ -128,7 +136,7 @@ def _finger(base, ang_deg, lens, rads, j: Jitter, name: str, wts: Sequence[float
     return out
 
 
-def hand_layout(w, h, j: Jitter) -> Layout:
+def hand_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.03)
     yb = h * 0.8 + j(0, 0.02)
     sc = j(1.0, 0.05)
@@ -163,10 +171,10 @@ def hand_layout(w, h, j: Jitter) -> Layout:
     return Layout(bones, soft, 0.026)
 
 
-def elbow_layout(w, h, j: Jitter) -> Layout:
+def elbow_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     yj = h * 0.5 + j(0, 0.04)
-    bones = [
+    bones: list[Prim] = [
         long_bone(
             (j(cx, 0.03), -0.4), (cx, yj), 0.065, flare1=2.5, name="humerus", frac_weight=0.4, frac_range=(0.7, 0.9)
         ),
@@ -189,11 +197,11 @@ def elbow_layout(w, h, j: Jitter) -> Layout:
             frac_range=(0.08, 0.3),
         ),
     ]
-    soft = [soft_tube([(cx, -0.3), (cx, yj), (cx + 0.03, h + 0.3)], [0.36, 0.38, 0.33])]
+    soft: list[Prim] = [soft_tube([(cx, -0.3), (cx, yj), (cx + 0.03, h + 0.3)], [0.36, 0.38, 0.33])]
     return Layout(bones, soft, 0.055)
 
 
-def humerus_layout(w, h, j: Jitter) -> Layout:
+def humerus_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     top = h * 0.1 + j(0, 0.03)
     r = j(0.055, 0.006)
@@ -214,14 +222,14 @@ def humerus_layout(w, h, j: Jitter) -> Layout:
         long_bone((cx + 0.06, h * 0.97), (cx + 0.1, h + 0.4), 0.04, flare0=1.4, name="radius"),
         long_bone((cx - 0.06, h * 0.95), (cx - 0.08, h + 0.4), 0.045, flare0=1.8, name="ulna"),
     ]
-    soft = [
+    soft: list[Prim] = [
         soft_tube([(cx, -0.1), (cx, h * 0.5), (cx, h + 0.2)], [0.42, 0.33, 0.3]),
         soft_blob((cx - 0.3, top), 0.45, 0.3, 0, 0.9),
     ]
     return Layout(bones, soft, r)
 
 
-def femur_layout(w, h, j: Jitter) -> Layout:
+def femur_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     hy = 0.08 * h + j(0, 0.02)
     r = j(0.06, 0.006)
@@ -242,11 +250,11 @@ def femur_layout(w, h, j: Jitter) -> Layout:
         long_bone((cx + 0.03, h * 0.99), (cx + 0.03, h + 0.5), 0.07, flare0=2.1, name="tibia"),
         blob((cx - 0.3, hy - 0.05), 0.2, 0.14, 20, cortex=0.07, marrow=0.3, name="ilium"),
     ]
-    soft = [soft_tube([(cx, -0.2), (cx, h * 0.5), (cx, h + 0.2)], [0.44, 0.38, 0.3])]
+    soft: list[Prim] = [soft_tube([(cx, -0.2), (cx, h * 0.5), (cx, h + 0.2)], [0.44, 0.38, 0.3])]
     return Layout(bones, soft, r)
 
 
-def knee_layout(w, h, j: Jitter) -> Layout:
+def knee_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     yj = h * 0.47 + j(0, 0.03)
     bones: list[Prim] = [
@@ -279,11 +287,11 @@ def knee_layout(w, h, j: Jitter) -> Layout:
             frac_range=(0.05, 0.3),
         ),
     ]
-    soft = [soft_tube([(cx, -0.3), (cx, yj), (cx, h + 0.3)], [0.42, 0.4, 0.36])]
+    soft: list[Prim] = [soft_tube([(cx, -0.3), (cx, yj), (cx, h + 0.3)], [0.42, 0.4, 0.36])]
     return Layout(bones, soft, 0.07)
 
 
-def tibia_fibula_layout(w, h, j: Jitter) -> Layout:
+def tibia_fibula_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     r = j(0.062, 0.006)
     bones: list[Prim] = [
@@ -310,11 +318,11 @@ def tibia_fibula_layout(w, h, j: Jitter) -> Layout:
         long_bone((cx - 0.03, -0.5), (cx - 0.02, 0.0), 0.07, flare1=2.2, name="femur"),
         blob((cx, h + 0.04), 0.13, 0.06, 0, cortex=0.15, marrow=0.45, name="talus"),
     ]
-    soft = [soft_tube([(cx, -0.2), (cx + 0.02, h * 0.35), (cx, h + 0.2)], [0.34, 0.34, 0.2])]
+    soft: list[Prim] = [soft_tube([(cx, -0.2), (cx + 0.02, h * 0.35), (cx, h + 0.2)], [0.34, 0.34, 0.2])]
     return Layout(bones, soft, r)
 
 
-def ankle_layout(w, h, j: Jitter) -> Layout:
+def ankle_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
     yj = h * 0.5 + j(0, 0.03)
     bones: list[Prim] = [
@@ -341,11 +349,11 @@ def ankle_layout(w, h, j: Jitter) -> Layout:
         blob((cx + 0.02, yj + 0.28), 0.17, 0.1, 0, cortex=0.12, marrow=0.45, name="calcaneus"),
         blob((cx - 0.1, yj + 0.25), 0.07, 0.06, 20, cortex=0.2, marrow=0.45, name="navicular"),
     ]
-    soft = [soft_tube([(cx, -0.3), (cx, yj), (cx + 0.02, h + 0.3)], [0.3, 0.33, 0.36])]
+    soft: list[Prim] = [soft_tube([(cx, -0.3), (cx, yj), (cx + 0.02, h + 0.3)], [0.3, 0.33, 0.36])]
     return Layout(bones, soft, 0.06)
 
 
-def foot_layout(w, h, j: Jitter) -> Layout:
+def foot_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.03)
     yb = h * 0.62 + j(0, 0.02)
     bones: list[Prim] = [
@@ -356,7 +364,7 @@ def foot_layout(w, h, j: Jitter) -> Layout:
     ]
     for k in range(3):
         bones.append(blob((cx - 0.12 + 0.07 * k, yb + 0.03), 0.035, 0.05, 0, cortex=0.2, marrow=0.45))
-    toes = [
+    toes: list[tuple[float, float, float, float]] = [  # dx, angle (degrees), length and thickness scales
         (-0.15, -7, 1.0, 1.35),
         (-0.06, -2, 1.05, 1.0),
         (0.02, 2, 1.0, 0.95),

@@ -12,11 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FloatArray = NDArray[np.floating[Any]]
+BoolArray = NDArray[np.bool_]
+Window = tuple[int, int, int, int]  # x0, y0, x1, y1 on the final pixel grid
+Point = Sequence[float] | FloatArray  # x, y
+Points = Sequence[Sequence[float]] | FloatArray  # (n, 2)
+SegParams = tuple[FloatArray, FloatArray, FloatArray, FloatArray]  # d^2, r, inner r, medulla density
 
 
-def _merge(best: np.ndarray, acc: list[np.ndarray], params) -> None:
+def _merge(best: FloatArray, acc: list[FloatArray], params: SegParams) -> None:
     d2, r, ri, m = params
     q = d2 / (r * r)
     sel = q < best
@@ -29,10 +38,10 @@ def _merge(best: np.ndarray, acc: list[np.ndarray], params) -> None:
 class Tube:
     """A polyline with per-vertex radius, cortex fraction and medulla density."""
 
-    pts: np.ndarray  # (n, 2) x, y
-    radius: np.ndarray  # (n,)
-    cortex: np.ndarray  # (n,) cortex thickness as a fraction of the radius
-    marrow: np.ndarray  # (n,) density of the medulla relative to cortex
+    pts: FloatArray  # (n, 2) x, y
+    radius: FloatArray  # (n,)
+    cortex: FloatArray  # (n,) cortex thickness as a fraction of the radius
+    marrow: FloatArray  # (n,) density of the medulla relative to cortex
     name: str = ""
     frac_weight: float = 0.0
     frac_range: tuple[float, float] = (0.2, 0.8)  # arc-length fraction
@@ -53,7 +62,7 @@ class Tube:
         (ax, ay), (bx, by) = self.pts[i], self.pts[i + 1]
         return (min(ax, bx) - r, min(ay, by) - r, max(ax, bx) + r, max(ay, by) + r)
 
-    def seg_params(self, i: int, x: np.ndarray, y: np.ndarray):
+    def seg_params(self, i: int, x: FloatArray, y: FloatArray) -> SegParams:
         """(d^2, r, inner r, medulla density) of the points w.r.t. segment i."""
         p, rad, cf, mw = self.pts, self.radius, self.cortex, self.marrow
         ax, ay = p[i]
@@ -73,14 +82,15 @@ class Tube:
         m = mw[i] + t * (mw[i + 1] - mw[i])
         return d2, r, ri, m
 
-    def profile(self, d2, r, ri, m) -> np.ndarray:
+    def profile(self, d2: FloatArray, r: FloatArray, ri: FloatArray, m: FloatArray) -> FloatArray:
         if self.normalized:
-            return np.sqrt(np.maximum(1.0 - d2 / (r * r), 0.0)) * self.weight
-        outer = np.sqrt(np.maximum(r * r - d2, 0.0))
-        inner = np.sqrt(np.maximum(ri * ri - d2, 0.0))
+            unit: FloatArray = np.sqrt(np.maximum(1.0 - d2 / (r * r), 0.0))
+            return unit * self.weight
+        outer: FloatArray = np.sqrt(np.maximum(r * r - d2, 0.0))
+        inner: FloatArray = np.sqrt(np.maximum(ri * ri - d2, 0.0))
         return 2.0 * ((outer - inner) + m * inner) * self.weight
 
-    def density(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def density(self, x: FloatArray, y: FloatArray) -> FloatArray:
         """Each point takes the segment it is most inside of (no seams at the joints)."""
         shape = np.broadcast(x, y).shape
         best = np.full(shape, np.inf)
@@ -90,11 +100,11 @@ class Tube:
         return self.profile(*acc)
 
     # geometry along the polyline
-    def _cumlen(self) -> np.ndarray:
+    def _cumlen(self) -> FloatArray:
         seg = np.hypot(*np.diff(self.pts, axis=0).T)
         return np.concatenate([[0.0], np.cumsum(seg)])
 
-    def point_at(self, frac: float) -> tuple[np.ndarray, np.ndarray, float, int]:
+    def point_at(self, frac: float) -> tuple[FloatArray, FloatArray, float, int]:
         """(point, unit axis, radius, segment index) at an arc-length fraction."""
         cl = self._cumlen()
         s = frac * cl[-1]
@@ -110,7 +120,7 @@ class Tube:
         """Two overlapping pieces cut at ``frac``; each runs ``ext`` past the cut point."""
         pf, axis, _, k = self.point_at(frac)
 
-        def interp(arr: np.ndarray) -> float:
+        def interp(arr: FloatArray) -> float:
             a, b = self.pts[k], self.pts[k + 1]
             seg = float(np.hypot(*(b - a)))
             t = 0.0 if seg <= 0 else float(np.hypot(*(pf - a))) / seg
@@ -138,7 +148,7 @@ class Tube:
 class Blob:
     """A (super-)ellipse bone: bright rim, lighter inside."""
 
-    center: np.ndarray
+    center: FloatArray
     a: float
     b: float
     angle: float  # radians
@@ -156,29 +166,33 @@ class Blob:
         cx, cy = self.center
         return (cx - r, cy - r, cx + r, cy + r)
 
-    def _rho(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _rho(self, x: FloatArray, y: FloatArray) -> FloatArray:
         c, s = math.cos(self.angle), math.sin(self.angle)
         dx, dy = x - self.center[0], y - self.center[1]
         xl = (dx * c + dy * s) / self.a
         yl = (-dx * s + dy * c) / self.b
         if self.power == 2.0:
-            return np.sqrt(xl * xl + yl * yl)
+            rho: FloatArray = np.sqrt(xl * xl + yl * yl)
+            return rho
         p = self.power
-        return (np.abs(xl) ** p + np.abs(yl) ** p) ** (1.0 / p)
+        sx: FloatArray = np.abs(xl)
+        sy: FloatArray = np.abs(yl)
+        return (sx**p + sy**p) ** (1.0 / p)
 
-    def density(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def density(self, x: FloatArray, y: FloatArray) -> FloatArray:
         rho = self._rho(x, y)
         if self.normalized:
-            return np.sqrt(np.clip(1.0 - rho * rho, 0.0, None)) * self.weight
+            unit: FloatArray = np.sqrt(np.clip(1.0 - rho * rho, 0.0, None))
+            return unit * self.weight
         sc = self.depth if self.depth > 0 else min(self.a, self.b)
         ci = 1.0 - self.cortex
-        outer = sc * np.sqrt(np.clip(1.0 - rho * rho, 0.0, None))
+        outer: FloatArray = sc * np.sqrt(np.clip(1.0 - rho * rho, 0.0, None))
         ri = rho / ci
-        inner = sc * ci * np.sqrt(np.clip(1.0 - ri * ri, 0.0, None))
+        inner: FloatArray = sc * ci * np.sqrt(np.clip(1.0 - ri * ri, 0.0, None))
         return 2.0 * ((outer - inner) + self.marrow * inner) * self.weight
 
     @property
-    def axis(self) -> np.ndarray:
+    def axis(self) -> FloatArray:
         return np.array([math.cos(self.angle), math.sin(self.angle)])
 
 
@@ -186,8 +200,8 @@ Prim = Tube | Blob
 
 
 def long_bone(
-    p0: Sequence[float],
-    p1: Sequence[float],
+    p0: Point,
+    p1: Point,
     r: float,
     *,
     flare0: float = 1.0,
@@ -216,8 +230,8 @@ def long_bone(
 
 
 def curve(
-    ctrl: Sequence[Sequence[float]],
-    r: float | Sequence[float],
+    ctrl: Points,
+    r: float | Sequence[float] | FloatArray,
     *,
     cortex: float = 0.35,
     marrow: float = 0.25,
@@ -253,7 +267,17 @@ def curve(
 
 
 def blob(
-    c, a, b, angle_deg=0.0, *, cortex=0.2, marrow=0.5, power=2.0, name="", frac_weight=0.0, depth: float | None = None
+    c: Point,
+    a: float,
+    b: float,
+    angle_deg: float = 0.0,
+    *,
+    cortex: float = 0.2,
+    marrow: float = 0.5,
+    power: float = 2.0,
+    name: str = "",
+    frac_weight: float = 0.0,
+    depth: float | None = None,
 ) -> Blob:
     dp = min(a, b, 0.07) if depth is None else depth
     return Blob(
@@ -270,11 +294,11 @@ def blob(
     )
 
 
-def soft_tube(ctrl, r, weight=1.0) -> Tube:
+def soft_tube(ctrl: Points, r: float | Sequence[float] | FloatArray, weight: float = 1.0) -> Tube:
     return curve(ctrl, r, n=12, normalized=True, weight=weight)
 
 
-def soft_blob(c, a, b, angle_deg=0.0, weight=1.0, power=2.0) -> Blob:
+def soft_blob(c: Point, a: float, b: float, angle_deg: float = 0.0, weight: float = 1.0, power: float = 2.0) -> Blob:
     return Blob(
         np.asarray(c, float), float(a), float(b), math.radians(angle_deg), power=power, normalized=True, weight=weight
     )
@@ -284,28 +308,28 @@ def soft_blob(c, a, b, angle_deg=0.0, weight=1.0, power=2.0) -> Blob:
 class Frame:
     H: int
     W: int
-    M: np.ndarray  # 2x2 canonical -> final (includes mirror, rotation, scale)
-    cc: np.ndarray  # canonical centre
-    off: np.ndarray  # final position of the canonical centre
+    M: FloatArray  # 2x2 canonical -> final (includes mirror, rotation, scale)
+    cc: FloatArray  # canonical centre
+    off: FloatArray  # final position of the canonical centre
 
     def __post_init__(self) -> None:
         self.Minv = np.linalg.inv(self.M)
 
-    def to_final(self, u, v):
+    def to_final(self, u: ArrayLike, v: ArrayLike) -> tuple[FloatArray, FloatArray]:
         du, dv = np.asarray(u) - self.cc[0], np.asarray(v) - self.cc[1]
         return (
             self.M[0, 0] * du + self.M[0, 1] * dv + self.off[0],
             self.M[1, 0] * du + self.M[1, 1] * dv + self.off[1],
         )
 
-    def to_canon(self, x, y):
+    def to_canon(self, x: ArrayLike, y: ArrayLike) -> tuple[FloatArray, FloatArray]:
         dx, dy = np.asarray(x) - self.off[0], np.asarray(y) - self.off[1]
         return (
             self.Minv[0, 0] * dx + self.Minv[0, 1] * dy + self.cc[0],
             self.Minv[1, 0] * dx + self.Minv[1, 1] * dy + self.cc[1],
         )
 
-    def window(self, bbox: tuple[float, float, float, float], pad: float = 2.0):
+    def window(self, bbox: tuple[float, float, float, float], pad: float = 2.0) -> Window | None:
         u0, v0, u1, v1 = bbox
         xs, ys = self.to_final(np.array([u0, u1, u0, u1]), np.array([v0, v0, v1, v1]))
         x0 = max(0, math.floor(xs.min() - pad))
@@ -316,7 +340,7 @@ class Frame:
             return None
         return x0, y0, x1, y1
 
-    def grid(self, win):
+    def grid(self, win: Window) -> tuple[FloatArray, FloatArray]:
         x0, y0, x1, y1 = win
         X, Y = np.meshgrid(np.arange(x0, x1, dtype=float), np.arange(y0, y1, dtype=float))
         return self.to_canon(X, Y)
@@ -351,7 +375,7 @@ def scale_prim(p: Prim, s: float) -> Prim:
     )
 
 
-def density_on(frame: Frame, p: Prim, win) -> np.ndarray:
+def density_on(frame: Frame, p: Prim, win: Window) -> FloatArray:
     """Density of a primitive on a window of the final grid (tubes segment by segment)."""
     if isinstance(p, Blob):
         u, v = frame.grid(win)
@@ -385,7 +409,7 @@ class Layout:
 class Jitter:
     """Jitter helper bound to the layout stream."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
     def __call__(self, v: float, amt: float) -> float:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import ndimage
 
 from . import streams
 from .fractures import Fracture
-from .primitives import Frame, density_on
+from .primitives import FloatArray, Frame, density_on
 from .scenes import Scene
 
 _SOFT_DOWN = 4
 
 
-def render_layers(seed: int, sc: Scene, fr: Fracture | None) -> dict[str, np.ndarray]:
+def render_layers(seed: int, sc: Scene, fr: Fracture | None) -> dict[str, FloatArray]:
     H, W = sc.H, sc.W
     bone = np.zeros((H, W))
     for i, b in enumerate(sc.bones):
@@ -73,7 +74,7 @@ def render_layers(seed: int, sc: Scene, fr: Fracture | None) -> dict[str, np.nda
     return {"bone": bone / (2.0 * sc.ref_px * sc.scale), "soft": soft}
 
 
-def expose(seed: int, sc: Scene, layers: dict[str, np.ndarray]) -> np.ndarray:
+def expose(seed: int, sc: Scene, layers: dict[str, FloatArray]) -> FloatArray:
     """Physics-ish image formation; returns display values in [0, 1] (float)."""
     H, W = sc.H, sc.W
     re = streams.rng(seed, streams.EXPOSURE)
@@ -110,13 +111,13 @@ def expose(seed: int, sc: Scene, layers: dict[str, np.ndarray]) -> np.ndarray:
     np.maximum(N, f32(1.0), out=N)
     # display: log signal -> tone curve -> gamma -> gain/offset, plus electronic noise
     Ad = np.log(N * f32(1.0 / n0))  # = -attenuation
-    y = (f32(1.0) - np.exp(Ad * f32(1.0 / a0))) * f32(1.0 / (1.0 - math.exp(-3.2 / a0)))
+    y: FloatArray = (f32(1.0) - np.exp(Ad * f32(1.0 / a0))) * f32(1.0 / (1.0 - math.exp(-3.2 / a0)))
     y = np.sign(y) * np.abs(y) ** f32(gamma)
     y = f32(lo) + f32(hi - lo) * y + f32(e_noise) * rn.standard_normal((H, W), dtype=f32)
     return y.astype(np.float64)
 
 
-def _marker_mask(text: str, w: int, h: int) -> np.ndarray:
+def _marker_mask(text: str, w: int, h: int) -> FloatArray:
     from PIL import Image, ImageDraw, ImageFont
 
     size = 48
@@ -127,14 +128,14 @@ def _marker_mask(text: str, w: int, h: int) -> np.ndarray:
     img = Image.new("L", (size * 2, size * 2), 0)
     ImageDraw.Draw(img).text((size // 4, size // 4), text, fill=255, font=font)
     bb = img.getbbox() or (0, 0, img.width, img.height)
-    glyph = img.crop(bb).resize((max(1, int(w * 0.8)), max(1, int(h * 0.8))), Image.BILINEAR)
+    glyph = img.crop(bb).resize((max(1, int(w * 0.8)), max(1, int(h * 0.8))), Image.Resampling.BILINEAR)
     out = np.zeros((h, w))
     gy, gx = (h - glyph.height) // 2, (w - glyph.width) // 2
     out[gy : gy + glyph.height, gx : gx + glyph.width] = np.asarray(glyph, float) / 255.0
     return out
 
 
-def finish(seed: int, sc: Scene, y: np.ndarray) -> np.ndarray:
+def finish(seed: int, sc: Scene, y: FloatArray) -> NDArray[np.uint16]:
     H, W = sc.H, sc.W
     rf = streams.rng(seed, streams.FRAME + 100)
     x0, y0, x1, y1 = sc.field
@@ -172,4 +173,5 @@ def finish(seed: int, sc: Scene, y: np.ndarray) -> np.ndarray:
     region = y[my0:my1, mx0:mx1]
     y[my0:my1, mx0:mx1] = region * (1 - m) + sc.marker["level"] * m
     maxv = (1 << sc.bits) - 1
-    return np.clip(np.rint(y * maxv), 0, maxv).astype(np.uint16)
+    counts: FloatArray = np.rint(y * maxv)
+    return np.clip(counts, 0, maxv).astype(np.uint16)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -15,6 +16,23 @@ from . import streams
 from .phantoms import LANDSCAPE, LAYOUTS, REGIONS
 from .primitives import Frame, Jitter, Prim, scale_prim
 from .views import view_layout
+
+
+class Border(TypedDict):
+    """The collimation border outside the field: its kind ("black", "noisy", "bright") and look."""
+
+    kind: str
+    level: float
+    noise: float
+    penumbra: float
+
+
+class Marker(TypedDict):
+    """The burned-in laterality marker: its box (x0, y0, x1, y1), grey level and letter."""
+
+    box: tuple[int, int, int, int]
+    level: float
+    text: str
 
 
 @dataclass
@@ -31,14 +49,16 @@ class Scene:
     ref_px: float
     bits: int
     field: tuple[int, int, int, int]
-    border: dict
-    marker: dict
+    border: Border
+    marker: Marker
     s: float
     scale: float
     view: str | None = None  # the exam view drawn (None: the layout as it is, no view)
 
 
-def choose(seed: int, region: str | None, fracture: bool | None, shape: tuple[int, int] | None):
+def choose(
+    seed: int, region: str | None, fracture: bool | None, shape: tuple[int, int] | None
+) -> tuple[str, bool, str, int, int, int]:
     rng = streams.rng(seed, streams.CHOICE)
     r_idx = int(rng.integers(len(REGIONS)))
     f_draw = bool(rng.random() < 0.5)
@@ -95,7 +115,7 @@ def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int, view
         wd = 0 if (no_border or rf.random() < 0.3) else int(rf.uniform(0.015, 0.12) * dim)
         sides.append(wd)
     kind = str(rf.choice(["black", "noisy", "bright"], p=[0.45, 0.35, 0.2]))
-    border = {
+    border: Border = {
         "kind": kind,
         "level": {"black": rf.uniform(0.0, 0.012), "noisy": rf.uniform(0.03, 0.15), "bright": rf.uniform(0.85, 1.0)}[
             kind
@@ -127,5 +147,5 @@ def draw_scene(seed: int, region: str, lat: str, H: int, W: int, bits: int, view
         my = fld[1] + pad if top else fld[3] - pad - mh
     mx = int(np.clip(mx, 0, W - mw))
     my = int(np.clip(my, 0, H - mh))
-    marker = {"box": (mx, my, mx + mw, my + mh), "level": rf.uniform(0.88, 1.0), "text": lat}
+    marker: Marker = {"box": (mx, my, mx + mw, my + mh), "level": rf.uniform(0.88, 1.0), "text": lat}
     return Scene(region, lat, H, W, frame, bones, soft, lay.ref_radius * s, bits, fld, border, marker, s, scale, view)

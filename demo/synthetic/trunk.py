@@ -9,7 +9,9 @@ from __future__ import annotations
 from .primitives import Jitter, Layout, Prim, blob, curve, long_bone, soft_blob, soft_tube
 
 
-def _ribs(x0, y0, n, dy, span, j: Jitter, weight=0.0, side=1, r=0.02) -> list[Prim]:
+def _ribs(
+    x0: float, y0: float, n: int, dy: float, span: float, j: Jitter, weight: float = 0.0, side: int = 1, r: float = 0.02
+) -> list[Prim]:
     out: list[Prim] = []
     for i in range(n):
         y = y0 + i * dy + j(0, 0.01)
@@ -29,7 +31,7 @@ def _ribs(x0, y0, n, dy, span, j: Jitter, weight=0.0, side=1, r=0.02) -> list[Pr
     return out
 
 
-def _vertebrae(cx, y0, n, hgt, wid, j: Jitter, frac_weight=0.0) -> list[Prim]:
+def _vertebrae(cx: float, y0: float, n: int, hgt: float, wid: float, j: Jitter, frac_weight: float = 0.0) -> list[Prim]:
     out: list[Prim] = []
     y = y0
     for i in range(n):
@@ -76,7 +78,7 @@ def _vertebrae(cx, y0, n, hgt, wid, j: Jitter, frac_weight=0.0) -> list[Prim]:
     return out
 
 
-def shoulder_layout(w, h, j: Jitter) -> Layout:
+def shoulder_layout(w: float, h: float, j: Jitter) -> Layout:
     hx = w * 0.58 + j(0, 0.04)
     hy = 0.42 + j(0, 0.03)
     bones: list[Prim] = [
@@ -105,7 +107,7 @@ def shoulder_layout(w, h, j: Jitter) -> Layout:
         blob((hx - 0.22, hy - 0.16), 0.06, 0.03, 30, cortex=0.3, marrow=0.4, name="coracoid"),
     ]
     bones += _ribs(hx - 1.1, 0.35, 5, 0.18, 0.75, j)
-    soft = [
+    soft: list[Prim] = [
         soft_blob((hx - 0.5, 0.7), 0.85, 0.75, 0, 1.0),
         soft_tube([(hx, 0.3), (hx - 0.05, 1.6)], 0.3),
         soft_blob((hx - 0.75, 0.85), 0.4, 0.45, 0, -0.35),
@@ -113,7 +115,7 @@ def shoulder_layout(w, h, j: Jitter) -> Layout:
     return Layout(bones, soft, 0.06)
 
 
-def clavicle_layout(w, h, j: Jitter) -> Layout:
+def clavicle_layout(w: float, h: float, j: Jitter) -> Layout:
     y = 0.42 + j(0, 0.04)
     x0, x1 = 0.1 * w + j(0, 0.03), 0.88 * w + j(0, 0.03)
     bones: list[Prim] = [
@@ -133,26 +135,32 @@ def clavicle_layout(w, h, j: Jitter) -> Layout:
     ]
     bones += _vertebrae(x0 - 0.18, -0.1, 5, 0.14, 0.24, j)
     bones += _ribs(x0 - 0.05, 0.1, 6, 0.17, 0.9 * (x1 - x0), j)
-    soft = [soft_blob((w / 2, 0.75), w * 0.65, 0.8, 0, 1.0), soft_blob((w * 0.5, 0.95), w * 0.3, 0.4, 0, -0.35)]
+    soft: list[Prim] = [
+        soft_blob((w / 2, 0.75), w * 0.65, 0.8, 0, 1.0),
+        soft_blob((w * 0.5, 0.95), w * 0.3, 0.4, 0, -0.35),
+    ]
     return Layout(bones, soft, 0.045)
 
 
-def ribs_layout(w, h, j: Jitter) -> Layout:
+def ribs_layout(w: float, h: float, j: Jitter) -> Layout:
     sx = 0.12 + j(0, 0.03)
     bones: list[Prim] = _vertebrae(sx - 0.12, -0.05, 9, 0.11, 0.2, j)
     bones += _ribs(sx, 0.08, 10, 0.125 * h / 1.3, 0.78, j, weight=1.0, r=0.021)
-    soft = [soft_blob((0.45, h / 2), 0.75, h * 0.62, 0, 1.0), soft_blob((0.55, h * 0.5), 0.35, h * 0.42, 0, -0.4)]
+    soft: list[Prim] = [
+        soft_blob((0.45, h / 2), 0.75, h * 0.62, 0, 1.0),
+        soft_blob((0.55, h * 0.5), 0.35, h * 0.42, 0, -0.4),
+    ]
     return Layout(bones, soft, 0.022)
 
 
-def spine_layout(w, h, j: Jitter) -> Layout:
+def spine_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.04)
-    bones = _vertebrae(cx, 0.02 + j(0, 0.03), 7, 0.15 * h / 1.35, 0.32, j, frac_weight=1.0)
+    bones: list[Prim] = _vertebrae(cx, 0.02 + j(0, 0.03), 7, 0.15 * h / 1.35, 0.32, j, frac_weight=1.0)
     for s in (-1, 1):
         bones += [
             curve([(cx + s * 0.15, -0.05), (cx + s * 0.45, -0.05), (cx + s * 0.6, 0.25)], 0.025, cortex=0.4, name="rib")
         ]
-    soft = [
+    soft: list[Prim] = [
         soft_blob((cx, h / 2), 0.6, h * 0.75, 0, 1.0),
         soft_tube([(cx - 0.12, h * 0.3), (cx - 0.2, h + 0.1)], 0.08, 0.25),
         soft_tube([(cx + 0.12, h * 0.3), (cx + 0.2, h + 0.1)], 0.08, 0.25),
@@ -160,7 +168,9 @@ def spine_layout(w, h, j: Jitter) -> Layout:
     return Layout(bones, soft, 0.05)
 
 
-def _hemipelvis(cx, s, j: Jitter, *, femur: bool = True, wts=(0.3, 0.3, 0.4)) -> list[Prim]:
+def _hemipelvis(
+    cx: float, s: int, j: Jitter, *, femur: bool = True, wts: tuple[float, float, float] = (0.3, 0.3, 0.4)
+) -> list[Prim]:
     """One side of the pelvis (s = +1 right of the image centre, -1 left)."""
     hx = cx + s * 0.32
     hy = 0.62 + j(0, 0.02)
@@ -204,14 +214,14 @@ def _hemipelvis(cx, s, j: Jitter, *, femur: bool = True, wts=(0.3, 0.3, 0.4)) ->
     return out
 
 
-def pelvis_layout(w, h, j: Jitter) -> Layout:
+def pelvis_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w / 2 + j(0, 0.03)
     bones: list[Prim] = [
         blob((cx, 0.34), 0.13, 0.2, 0, cortex=0.1, marrow=0.4, power=2.6, name="sacrum"),
     ]
     bones += _vertebrae(cx, -0.25, 2, 0.11, 0.28, j)
     bones += _hemipelvis(cx, 1, j) + _hemipelvis(cx, -1, j)
-    soft = [
+    soft: list[Prim] = [
         soft_blob((cx, 0.55), 0.68, 0.7, 0, 1.0, power=2.5),
         soft_tube([(cx + 0.42, 0.8), (cx + 0.42, 1.4)], 0.2),
         soft_tube([(cx - 0.42, 0.8), (cx - 0.42, 1.4)], 0.2),
@@ -219,11 +229,11 @@ def pelvis_layout(w, h, j: Jitter) -> Layout:
     return Layout(bones, soft, 0.045)
 
 
-def hip_layout(w, h, j: Jitter) -> Layout:
+def hip_layout(w: float, h: float, j: Jitter) -> Layout:
     cx = w * 0.2 + j(0, 0.04)
     bones: list[Prim] = _hemipelvis(cx, 1, j, wts=(0.15, 0.1, 0.75))
     bones.append(blob((cx - 0.05, 0.3), 0.13, 0.2, 0, cortex=0.1, marrow=0.4, power=2.6, name="sacrum"))
-    soft = [
+    soft: list[Prim] = [
         soft_blob((cx + 0.2, 0.55), 0.7, 0.7, 0, 1.0, power=2.4),
         soft_tube([(cx + 0.45, 0.6), (cx + 0.45, h + 0.3)], 0.3),
     ]

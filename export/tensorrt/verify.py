@@ -49,7 +49,7 @@ def _run_with_torch(trt: Any, plan: bytes, feeds: list[Any], input_name: str) ->
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
     results = []
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # torch leaves Stream's constructor unannotated
     for x in feeds:
         x_dev = torch.from_numpy(x).cuda()
         context.set_input_shape(input_name, tuple(x.shape))
