@@ -63,7 +63,9 @@ def _lift(score: float, logit: float) -> float:
     return float(1 / (1 + np.exp(-z)))
 
 
-def history(weeks: int = 8, per_week: int = 200, events: dict[int, str] | None = None, seed: int = 0) -> list[dict]:
+def history(
+    weeks: int = 8, per_week: int = 200, events: dict[int, str] | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
     """The rows of `weeks` weeks; `events` maps a week (1-based) to one of EVENTS."""
     base = [json.loads(line) for line in (DEMO / "test_predictions.jsonl").read_text().splitlines() if line]
     labels = {
@@ -105,7 +107,9 @@ def _stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def add_scored(rows: list[dict], scored: list[dict], week: int, seed: int = 1) -> list[dict]:
+def add_scored(
+    rows: list[dict[str, Any]], scored: list[dict[str, Any]], week: int, seed: int = 1
+) -> list[dict[str, Any]]:
     """Really scored rows, re-stamped into `week` (their own acquisition facts and identity kept)."""
     rng = np.random.default_rng(seed)
     for row in scored:
