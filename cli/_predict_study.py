@@ -39,7 +39,9 @@ from fracscan.client import (
     StudyPrediction,
     ViewPrediction,
 )
+from fracscan.client.models import identity_fields
 from fracscan.decode import sniff_kind
+from fracscan.provenance import ModelIdentity
 
 STUDY_KIND, IMAGE_KIND = "study", "image"
 
@@ -132,12 +134,15 @@ def drop_rows_of(output: Path, studies: list[Study]) -> None:
     os.replace(tmp.name, output)  # atomic: an interrupted resume leaves the old file or the new one
 
 
-def view_row(view: ViewPrediction | PredictionError, study: Study) -> dict[str, Any]:
-    """A view's row: the keys of `fracscan predict`'s image rows, plus the study it belongs to."""
+def view_row(
+    view: ViewPrediction | PredictionError, study: Study, identity: ModelIdentity | None = None
+) -> dict[str, Any]:
+    """A view's row: the keys of `fracscan predict`'s image rows, plus the study it belongs to; `identity`:
+    the model that answered the study."""
     base = {"kind": IMAGE_KIND, "study": study.key, "source": printable(view.source)}
     if isinstance(view, PredictionError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region"))
-        return {**base, "status": "error", **empty, "boxes": [], "error": view.error}
+        return {**base, "status": "error", **empty, "boxes": [], **identity_fields(identity), "error": view.error}
     return {
         **base,
         "status": "ok",
@@ -147,6 +152,7 @@ def view_row(view: ViewPrediction | PredictionError, study: Study) -> dict[str, 
         "threshold": view.threshold,
         "region": view.region,
         "boxes": [b.to_list() for b in view.boxes],
+        **identity_fields(identity),
         "error": None,
     }
 
@@ -161,7 +167,8 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError) -> dict[str
     }
     if isinstance(answer, FracScanError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region", "rule", "calibrated"))
-        return {**row, "status": "error", **empty, "views_used": 0, "boxes": [], "error": answer.reason}
+        none = identity_fields(None)
+        return {**row, "status": "error", **empty, "views_used": 0, "boxes": [], **none, "error": answer.reason}
     return {
         **row,
         "status": "ok",
@@ -178,6 +185,7 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError) -> dict[str
         "calibrated": answer.calibrated,
         "boxes": [],
         "model": f"{answer.model_name}:{answer.model_version}",
+        **identity_fields(answer.model_identity),
         "error": None,
     }
 
@@ -212,8 +220,9 @@ def score_studies(
                     if isinstance(answer, StudyPrediction)
                     else tuple(PredictionError(v, answer.reason, answer.kind) for v in study.views)
                 )
+                identity = answer.model_identity if isinstance(answer, StudyPrediction) else None
                 for view in views:
-                    row = view_row(view, study)
+                    row = view_row(view, study, identity)
                     writer.write(row)
                     if isinstance(view, PredictionError):
                         run.failures.append(view)

@@ -27,15 +27,18 @@ from fracscan.client.models import (
     Prediction,
     PredictionError,
     RegionSource,
+    WrongModel,
 )
 from fracscan.client.sources import Source
 from fracscan.client.study import StudyPrediction, ViewPrediction
 from fracscan.client.sync import FracScanClient
+from fracscan.provenance import ExpectedModel, ModelIdentity
 
 __all__ = [
     "AsyncFracScanClient",
     "Box",
     "ErrorKind",
+    "ExpectedModel",
     "FracScanClient",
     "FracScanConnectionError",
     "FracScanError",
@@ -44,10 +47,12 @@ __all__ = [
     "HeadResult",
     "InputRejected",
     "InvalidInput",
+    "ModelIdentity",
     "Prediction",
     "PredictionError",
     "RegionSource",
     "Source",
     "StudyPrediction",
     "ViewPrediction",
+    "WrongModel",
 ]

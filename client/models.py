@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from fracscan.contract import MODEL_IDENTITY
 from fracscan.contract import Level as Level  # the SDK re-exports both
 from fracscan.contract import RegionSource as RegionSource
+from fracscan.provenance import ModelIdentity
 
-ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
+ErrorKind = Literal["input", "rejected", "server", "connection", "timeout", "model"]
 
 
 # --- exceptions ----------------------------------------------------------------------------
@@ -55,6 +57,17 @@ class InvalidInput(InputRejected):
     """The client-side checks refused the input before sending it (missing file, unknown format, DICOM without pixels...)."""
 
     kind = "input"
+
+
+class WrongModel(FracScanError):
+    """The server answers with another model than the one asked for (`expect_model`, or fail-over URLs that
+    serve different models). `served`: the identity that answered (None when it names none)."""
+
+    kind = "model"
+
+    def __init__(self, reason: str, *, served: ModelIdentity | None = None, **kw: Any):
+        super().__init__(reason, **kw)
+        self.served = served
 
 
 class FracScanServerError(FracScanError):
@@ -127,11 +140,14 @@ class Prediction:
     # warnings (DICOM states one thing, a confident head another).
     heads: dict[str, HeadResult] = field(default_factory=dict)
     qc: tuple[str, ...] = ()
+    # Who answered, from this answer's MODEL_IDENTITY (None only for a server that does not send it).
+    model_identity: ModelIdentity | None = None
 
     ok: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists; `heads` and `qc` only
+        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists, the model identity as
+        `model_spec`, `model_members`, `model_thresholds`, `model_flags` (a list); `heads` and `qc` only
         when the ensemble has heads."""
         out: dict[str, Any] = {
             "source": self.source,
@@ -153,11 +169,32 @@ class Prediction:
             "sop_instance_uid": self.sop_instance_uid,
             "series_instance_uid": self.series_instance_uid,
             "study_instance_uid": self.study_instance_uid,
+            **identity_fields(self.model_identity),
         }
         if self.heads:
             out["heads"] = {name: head.to_dict() for name, head in self.heads.items()}
             out["qc"] = list(self.qc)
         return out
+
+
+IDENTITY_FIELDS = ("model_spec", "model_members", "model_thresholds", "model_flags")
+
+
+def identity_fields(identity: ModelIdentity | None) -> dict[str, Any]:
+    """The model identity as result rows carry it (every value None when there is none)."""
+    if identity is None:
+        return dict.fromkeys(IDENTITY_FIELDS)
+    values = (identity.spec, identity.members, identity.thresholds, list(identity.flags))
+    return dict(zip(IDENTITY_FIELDS, values, strict=True))
+
+
+def identity_from_result(result: Any) -> ModelIdentity | None:
+    """The MODEL_IDENTITY of a tritonclient InferResult (None when the answer has none); ValueError if malformed."""
+    tensor = result.as_numpy(MODEL_IDENTITY)
+    if tensor is None or not tensor.size:
+        return None
+    value = tensor.reshape(-1)[0]
+    return ModelIdentity.from_json(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
 
 
 @dataclass(frozen=True)

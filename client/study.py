@@ -15,8 +15,17 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from fracscan import contract as c
-from fracscan.client.models import Box, FracScanError, InvalidInput, Level, PredictionError
+from fracscan.client.models import (
+    Box,
+    FracScanError,
+    InvalidInput,
+    Level,
+    PredictionError,
+    identity_fields,
+    identity_from_result,
+)
 from fracscan.client.sources import Payload, Source, read_source, source_label
+from fracscan.provenance import ModelIdentity
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class StudyPrediction:
     model_name: str
     model_version: str
     latency_s: float
+    model_identity: ModelIdentity | None = None  # who answered (the study model's MODEL_IDENTITY)
 
     ok: ClassVar[bool] = True
 
@@ -98,6 +108,7 @@ class StudyPrediction:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "latency_s": self.latency_s,
+            **identity_fields(self.model_identity),
         }
 
 
@@ -219,4 +230,5 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
         model_name=name,
         model_version=str(version),
         latency_s=latency_s,
+        model_identity=identity_from_result(result),
     )

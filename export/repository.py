@@ -367,10 +367,9 @@ def write_repository(
         spec=spec.name,
         demo=spec.demo,
         random_weights=random_weights,
-        calibrated=provenance.thresholds_calibrated(thresholds.provenance),
         member_hashes=tuple(hashes),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    ).with_thresholds(thresholds.to_json())
     provenance.write(output, record)
     _write_ensemble(output, spec, options, record)
     return output

@@ -9,7 +9,6 @@ A bad input becomes an INVALID_ARG error response for that request: no exception
 from __future__ import annotations
 
 import itertools
-import json
 import traceback
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside the Triton python stub
 
 from fracscan import contract as c
+from fracscan import provenance
 from fracscan.heads import average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
 from fracscan.pipeline import InputError, MemberOutputs, combine, normalize, prepare_frame, run_member_with_heads
-from fracscan.postprocess import Thresholds, decide
+from fracscan.postprocess import Thresholds, decide, read_thresholds_json
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
 from fracscan.study import StudyError, decide_study
@@ -64,6 +64,13 @@ class _Base:
 
 def _texts(rows: list[list[str]]) -> np.ndarray:
     return np.array([[v.encode() for v in row] for row in rows], dtype=np.object_)
+
+
+def _load_identity(repository: Path) -> tuple[Thresholds, provenance.ModelIdentity]:
+    """The thresholds to apply and the identity that names them, from one reading of thresholds.json."""
+    path = repository / c.THRESHOLDS_FILE
+    raw = read_thresholds_json(path)
+    return Thresholds.from_json(raw, str(path)), provenance.read(repository, thresholds=raw).identity
 
 
 class PreprocessModel(_Base):
@@ -191,15 +198,16 @@ class ThresholdModel(_Base):
     probabilities (`contract.head_outputs`) and QC.
 
     Thresholds are read from thresholds.json at load; the file is swapped without touching
-    the members (see `fracscan calibrate`).
+    the members (see `fracscan calibrate`). Every answer carries MODEL_IDENTITY, the identity of
+    the provenance and the thresholds read then (`_load_identity`).
     """
 
     step = "threshold"
 
     def initialize(self, args):
         super().initialize(args)
-        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
-        pb_utils.Logger.log_info(f"threshold: loaded {json.dumps(self.thresholds.provenance)[:200]}")
+        self.thresholds, self.identity = _load_identity(self.repository)
+        pb_utils.Logger.log_info(f"threshold: serving {self.identity.compact()}")
 
     def handle(self, request):
         passed = {name: _input(request, c.passed_through(name)) for name in c.passed_on(self.spec.head_dims)}
@@ -242,6 +250,7 @@ class ThresholdModel(_Base):
                 pb_utils.Tensor(c.BOXES, padded),
                 pb_utils.Tensor(c.LEVEL, np.array(level, dtype=np.object_)),
                 pb_utils.Tensor(c.DEFINITE_THRESHOLD, np.asarray(definite, dtype=np.float32)),
+                pb_utils.Tensor(c.MODEL_IDENTITY, _texts([[self.identity.to_text()]] * len(scores))),
             ]
             + heads
         )
@@ -279,7 +288,7 @@ class StudyModel(_Base):
 
     def initialize(self, args):
         super().initialize(args)
-        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
+        self.thresholds, self.identity = _load_identity(self.repository)
 
     def handle(self, request):
         images = _input(request, c.IMAGE)
@@ -326,6 +335,7 @@ class StudyModel(_Base):
                     if boxes
                     else np.zeros((0, c.VIEW_BOX_COLUMNS), dtype=np.float32),
                 ),
+                pb_utils.Tensor(c.MODEL_IDENTITY, text([self.identity.to_text()])),
             ]
         )
 
