@@ -140,7 +140,7 @@ class AsyncFracScanClient(ClientBase):
         """Score one radiograph; raises like FracScanClient.predict."""
         if self.closed:
             raise FracScanError("the client is closed")
-        await self._check_served()
+        await self.check_served()
         send_dicom = False
         if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
             send_dicom = bool(self._heads if self._heads is not None else await self._read_heads())
@@ -161,7 +161,7 @@ class AsyncFracScanClient(ClientBase):
         FracScanClient.predict_many does.
         """
         concurrency = self._check_concurrency(concurrency)
-        await self._check_served()
+        await self.check_served()
         if self._heads is None:  # known before the first request: none is sent twice to learn them
             await self._read_heads()
         slots = asyncio.Semaphore(concurrency)  # a source is read only when its request may start
@@ -190,7 +190,7 @@ class AsyncFracScanClient(ClientBase):
         """Score every view of one study in one request; see FracScanClient.predict_study."""
         if self.closed:
             raise FracScanError("the client is closed")
-        await self._check_served()
+        await self.check_served()
         read = await asyncio.to_thread(read_views, views, self.decode_on_client)  # file I/O, DICOM parsing
         request = StudyRequest.make(read, region)
         started = time.perf_counter()
@@ -229,8 +229,8 @@ class AsyncFracScanClient(ClientBase):
             result = await client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
         return result
 
-    async def _check_served(self) -> None:
-        """See FracScanClient._check_served."""
+    async def check_served(self) -> None:
+        """See FracScanClient.check_served."""
         if self._served_checked:
             return
         configs = []

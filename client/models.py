@@ -15,7 +15,8 @@ from fracscan.contract import Level as Level  # the SDK re-exports both
 from fracscan.contract import RegionSource as RegionSource
 from fracscan.provenance import ModelIdentity
 
-ErrorKind = Literal["input", "rejected", "server", "connection", "timeout", "model"]
+# model: another model answered than the one expected; output: scored, but its results were not written or stored
+ErrorKind = Literal["input", "rejected", "server", "connection", "timeout", "model", "output"]
 
 
 # --- exceptions ----------------------------------------------------------------------------
@@ -204,12 +205,18 @@ class PredictionError:
     source: str
     error: str  # what went wrong, without the source (that is `source`)
     kind: ErrorKind
+    answer: Prediction | None = None  # kind "output": the answer whose results could not be written or stored
 
     ok: ClassVar[bool] = False
 
     @classmethod
     def from_exception(cls, source: str, exc: FracScanError) -> PredictionError:
         return cls(source, exc.reason, exc.kind)
+
+    @classmethod
+    def not_delivered(cls, answer: Prediction, reason: str) -> PredictionError:
+        """A scored input whose results (SR, GSPS, SC, STOW-RS, overlay) could not be written or stored."""
+        return cls(answer.source, f"scored (score {answer.score:.3f}) but {reason}", "output", answer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "ok": False, "error": self.error, "kind": self.kind}

@@ -2,7 +2,8 @@
 Secondary Capture (`fracscan.pacs.sc`).
 
 Definite findings are drawn solid red, suspicious ones dashed orange (the two-level answer); the
-decision text sits at the top left. Pillow and numpy only, so a client-only install can draw.
+decision text sits at the top left; the answering model's flags (DEMO, RANDOM WEIGHTS, UNCALIBRATED) are a
+red banner across the bottom. Pillow and numpy only, so a client-only install can draw.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fracscan.client.models import Box
 
 COLOURS = {"definite": (255, 40, 40), "suspicious": (255, 165, 0)}
 TEXT_COLOUR = (255, 220, 0)
+BANNER_COLOUR = (200, 0, 0)
 
 
 def windowed(pixels: npt.NDArray[np.floating[Any] | np.integer[Any]]) -> Image.Image:
@@ -53,6 +55,17 @@ def draw_text(image: Image.Image, text: str) -> None:
     draw.multiline_text(
         (8, 8), text, fill=TEXT_COLOUR, font_size=font_size_for(image), stroke_width=2, stroke_fill=(0, 0, 0)
     )
+
+
+def draw_banner(image: Image.Image, text: str) -> None:
+    """A red band across the bottom with `text` in white ("" draws nothing)."""
+    if not text:
+        return
+    font_size = font_size_for(image)
+    draw = ImageDraw.Draw(image)
+    top = image.size[1] - 2 * font_size - 8
+    draw.rectangle([0, top, image.size[0], image.size[1]], fill=BANNER_COLOUR)
+    draw.text((8, top + font_size // 2), text, fill=(255, 255, 255), font_size=font_size)
 
 
 def _dashed(

@@ -180,7 +180,7 @@ class FracScanClient(ClientBase):
         (see ClientBase._learn_heads).
         """
         concurrency = self._check_concurrency(concurrency)
-        self._check_served()
+        self.check_served()
         if self._heads is None:  # known before the pool starts: no request is sent twice to learn them
             self._read_heads()
         clients = _ThreadClients(self._new_client)  # this call's worker threads get their own clients
@@ -211,7 +211,7 @@ class FracScanClient(ClientBase):
     def _predict(self, source: Source, region: str | None, clients: _ThreadClients) -> Prediction:
         if self.closed:
             raise FracScanError("the client is closed")
-        self._check_served()
+        self.check_served()
         send_dicom = False
         if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
             send_dicom = bool(self._heads if self._heads is not None else self._read_heads())
@@ -229,7 +229,7 @@ class FracScanClient(ClientBase):
         """
         if self.closed:
             raise FracScanError("the client is closed")
-        self._check_served()
+        self.check_served()
         request = StudyRequest.make(read_views(views, self.decode_on_client), region)
         started = time.perf_counter()
         result = self._call(self._clients, request, STUDY_MODEL)
@@ -267,8 +267,9 @@ class FracScanClient(ClientBase):
             result = client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
         return result
 
-    def _check_served(self) -> None:
-        """With `expect_model`, once: the model every URL serves (ClientBase._judge_served)."""
+    def check_served(self) -> None:
+        """With `expect_model`, once (also done before the first request): read the model every URL serves
+        from its config; WrongModel when they differ or are not the expected one (ClientBase._judge_served)."""
         if self._served_checked:
             return
         configs = []

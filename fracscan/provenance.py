@@ -107,10 +107,12 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ExpectedModel:
-    """`--expect-model SPEC[:MEMBERS_HASH]`: the spec name and, optionally, the members' hash (or a prefix of it)."""
+    """The model that must answer: `--expect-model SPEC[:MEMBERS_HASH]` (the hash or a prefix of it), or a
+    repository's spec, members' hash and thresholds hash (`predict --repository DIR`)."""
 
     spec: str
     members: str = ""
+    thresholds: str = ""
 
     @classmethod
     def parse(cls, text: str) -> ExpectedModel:
@@ -121,10 +123,16 @@ class ExpectedModel:
         return cls(spec.strip(), members)
 
     def matches(self, identity: ModelIdentity | None) -> bool:
-        return identity is not None and identity.spec == self.spec and identity.members.startswith(self.members)
+        return (
+            identity is not None
+            and identity.spec == self.spec
+            and identity.members.startswith(self.members)
+            and identity.thresholds.startswith(self.thresholds)
+        )
 
     def __str__(self) -> str:
-        return f"{self.spec}:{self.members}" if self.members else self.spec
+        text = f"{self.spec}:{self.members}" if self.members else self.spec
+        return f"{text} (thresholds {self.thresholds})" if self.thresholds else text
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from fracscan.client.models import FracScanError, InputRejected, Prediction
 from fracscan.client.sync import FracScanClient
 from fracscan.pacs.dimse import Destination, StoreFailed, store_datasets
 from fracscan.pacs.results import build_results, skip_reason, write_results
-from fracscan.provenance import Provenance
+from fracscan.provenance import ModelIdentity
 
 log = logging.getLogger("fracscan.listener")
 
@@ -118,8 +118,7 @@ class Listener:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._server: Any = None
-        self._provenance: Provenance | None = None
-        self._provenance_known = False
+        self._announced: ModelIdentity | None = None  # the model of the last answer (logged when it changes)
 
     def start(self) -> None:
         """Open the port (non-blocking): from here on, received instances are spooled and acknowledged."""
@@ -178,22 +177,24 @@ class Listener:
             log.warning("%s: not scored (%s); kept in %s", path.stem, exc.reason, self.spool.failed_dir)
             self.spool.fail(path)
             return
-        provenance = self._served_provenance(client)
+        self._announce(prediction.model_identity)
         if self.config.destination is None:
-            write_results(self.spool.results_dir, data, prediction, provenance)
+            write_results(self.spool.results_dir, data, prediction)
             where = str(self.spool.results_dir)
         else:
-            store_datasets(build_results(data, prediction, provenance), self.config.destination, self.config.ae_title)
+            store_datasets(build_results(data, prediction), self.config.destination, self.config.ae_title)
             where = str(self.config.destination)
         self.spool.done(path)
         log.info("%s: %s; SR, GSPS and SC stored to %s", path.stem, _verdict(prediction), where)
 
-    def _served_provenance(self, client: FracScanClient) -> Provenance | None:
-        if not self._provenance_known:
-            self._provenance, self._provenance_known = client.provenance(), True
-            for line in self._provenance.notices() if self._provenance else ():
-                log.warning("%s", line)
-        return self._provenance
+    def _announce(self, identity: ModelIdentity | None) -> None:
+        """Log the answering model and its notices whenever it changes (results take it from each answer)."""
+        if identity is None or identity == self._announced:
+            return
+        self._announced = identity
+        log.info("answers come from %s", identity.compact())
+        for line in identity.notices():
+            log.warning("%s", line)
 
     def _on_store(self, event: Any) -> int:
         """Spool, then acknowledge. A failure to spool is not acknowledged (the sender keeps the instance)."""

@@ -2,12 +2,13 @@
 
     from fracscan.pacs.results import build_results
 
-    datasets = build_results(dicom_bytes, prediction, client.provenance())   # [SR, GSPS, SC]
+    datasets = build_results(dicom_bytes, prediction)   # [SR, GSPS, SC]
 
 One writer a module, one interface: `build(ScoredImage) -> pydicom.Dataset` (`sr`, `gsps`, `sc`).
-The results join the source's study, one series per kind, with UIDs derived from the source
-instance and the members' hash (`uids`), so a repeated run replaces rather than duplicates. Patient
-and study attributes are copied for filing; none of them is ever logged.
+Each result names the model that made the answer (`prediction.model_identity`, the answer's own).
+The results join the source's study, one series per kind, with UIDs derived from what decides their
+content (`uids`), so a repeated run replaces rather than duplicates and a changed answer never reuses
+a UID. Patient and study attributes are copied for filing; none of them is ever logged.
 """
 
 from __future__ import annotations
@@ -21,21 +22,20 @@ from fracscan.client.models import Prediction
 from fracscan.decode import DecodeError, check_dicom_image
 from fracscan.pacs import gsps, sc, sr
 from fracscan.pacs.context import MANUFACTURER, Algorithm, ScoredImage
-from fracscan.provenance import Provenance
 
 ResultWriter = Callable[[ScoredImage], Dataset]
 WRITERS: dict[str, ResultWriter] = {sr.KIND: sr.build, gsps.KIND: gsps.build, sc.KIND: sc.build}
 
 
-def build_results(data: bytes, prediction: Prediction, provenance: Provenance | None) -> list[Dataset]:
+def build_results(data: bytes, prediction: Prediction) -> list[Dataset]:
     """The result datasets (SR, GSPS, SC) for one scored DICOM image given as Part-10 bytes."""
-    scored = ScoredImage.make(data, prediction, provenance)
+    scored = ScoredImage.make(data, prediction)
     return [write(scored) for write in WRITERS.values()]
 
 
-def write_results(directory: Path, data: bytes, prediction: Prediction, provenance: Provenance | None) -> list[Path]:
+def write_results(directory: Path, data: bytes, prediction: Prediction) -> list[Path]:
     """Build the results and save them as `<source SOP Instance UID>.<kind>.dcm` (a rerun overwrites)."""
-    scored = ScoredImage.make(data, prediction, provenance)
+    scored = ScoredImage.make(data, prediction)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for kind, write in WRITERS.items():

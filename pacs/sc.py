@@ -2,8 +2,8 @@
 
 For viewers that do not apply presentation states. The findings are drawn as the CLI's overlays
 draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision line
-sits at the top, and an ensemble without clinical
-meaning (demo, random weights) gets a red banner across the image that no viewer can switch off.
+sits at the top, and every flag of the answering model (DEMO, RANDOM WEIGHTS, UNCALIBRATED) is a red
+banner across the image that no viewer can switch off (`overlay.draw_banner`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import textwrap
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -23,7 +23,7 @@ from fracscan.pacs.context import MANUFACTURER, ScoredImage
 KIND = "sc"
 SERIES_NUMBER = 9103
 
-BANNER_COLOUR = (200, 0, 0)
+BANNER_COLOUR = overlay.BANNER_COLOUR
 
 
 def build(scored: ScoredImage) -> Dataset:
@@ -36,9 +36,9 @@ def build(scored: ScoredImage) -> Dataset:
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
+        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, scored.series_key),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
+        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, scored.result_key),
         instance_number=int(source.get("InstanceNumber") or 1),
         manufacturer=MANUFACTURER,
         patient_orientation=_orientation(source),
@@ -60,11 +60,7 @@ def render(scored: ScoredImage) -> Image.Image:
     font_size = overlay.font_size_for(image)
     text = "\n".join(textwrap.wrap(scored.decision_text(), width=max(16, int(image.size[0] / (0.6 * font_size)))))
     overlay.draw_text(image, text)
-    if scored.algorithm.banner:
-        draw = ImageDraw.Draw(image)
-        top = image.size[1] - 2 * font_size - 8
-        draw.rectangle([0, top, image.size[0], image.size[1]], fill=BANNER_COLOUR)
-        draw.text((8, top + font_size // 2), scored.algorithm.banner, fill=(255, 255, 255), font_size=font_size)
+    overlay.draw_banner(image, scored.algorithm.banner)
     return image
 
 

@@ -63,9 +63,9 @@ def build(scored: ScoredImage) -> Dataset:
     return hd.sr.Comprehensive3DSR(
         evidence=[source],
         content=report,
-        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
+        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, scored.series_key),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
+        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, scored.result_key),
         instance_number=int(source.get("InstanceNumber") or 1),
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -116,7 +116,7 @@ def _image_group(scored: ScoredImage) -> hd.sr.MeasurementsAndQualitativeEvaluat
         measurements.append(hd.sr.Measurement(name=DEFINITE_THRESHOLD, value=definite, unit=NO_UNITS))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.derived_uid("image-group", scored.sop_instance_uid, scored.algorithm.version),
+            uid=uids.derived_uid("image-group", scored.result_key),
             identifier="fracscan image finding",
         ),
         finding_type=FRACTURE,
@@ -144,7 +144,7 @@ def _box_groups(scored: ScoredImage) -> list[hd.sr.PlanarROIMeasurementsAndQuali
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uids.derived_uid("box", scored.sop_instance_uid, scored.algorithm.version, str(number)),
+                    uid=uids.derived_uid("box", scored.result_key, str(number)),
                     identifier=f"fracscan box {number}",
                 ),
                 referenced_region=region,
