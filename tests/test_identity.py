@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import EXAMPLES, ROOT
+from pydicom.uid import generate_uid
 
 from fracscan import provenance
 from fracscan.client import ExpectedModel, FracScanClient, ModelIdentity, WrongModel
@@ -247,3 +249,44 @@ def test_a_full_result_folder_fails_the_input_with_its_reason(server, tiny_folde
         assert row["status"] == "error" and row["model_spec"] == "demo"  # the answer is kept beside the error
         assert row["error"].startswith("scored (score ") and "No space left on device" in row["error"]
         assert f"failed: {source}" in result.stderr and "No space left on device" in result.stderr
+
+
+def test_a_pacs_stopped_mid_run_fails_the_inputs_it_did_not_store(server, tmp_path):
+    """predict --dicomweb --store; Orthanc is killed (by PID) after the first row: every later input is an
+    error with its reason (not retrieved, or scored but not stored), and the run exits 1."""
+    from test_pacs_orthanc import Orthanc
+    from test_pacs_writers import make_study
+
+    from fracscan.server import free_port
+
+    names = ("wrist_fracture.dcm", "hand_normal_mono1.dcm", "knee_normal_j2k_lossy.dcm") * 4
+    study_uid, paths = make_study(tmp_path / "study", tuple(names[:3]), seed="stopped")
+    for i, name in enumerate(names[3:]):  # twelve instances in all: the run outlasts the kill
+        ds = pydicom.dcmread(EXAMPLES / name)
+        ds.StudyInstanceUID = study_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+            entropy_srcs=["fracscan-test", "stopped", str(i)]
+        )
+        ds.save_as(tmp_path / "study" / f"extra_{i}.dcm")
+        paths.append(tmp_path / "study" / f"extra_{i}.dcm")
+    (tmp_path / "pacs").mkdir()
+    pacs = Orthanc(tmp_path / "pacs", free_port()).start()
+    try:
+        pacs.upload(paths)
+        command = [*FRACSCAN, "predict", "--dicomweb", pacs.dicomweb, "--study", study_uid, "--store"]
+        command += ["--url", server.http_url, "--format", "jsonl", "--concurrency", "1"]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = json.loads(proc.stdout.readline())
+        os.kill(pacs.process.pid, signal.SIGKILL)
+        pacs.process.wait(10)
+        rest, stderr = proc.communicate(timeout=300)
+    finally:
+        pacs.stop()
+    assert first["status"] == "ok", first
+    later = [json.loads(line) for line in rest.splitlines() if line.strip()]
+    assert proc.returncode == 1, stderr
+    failed = [row for row in later if row["status"] == "error"]
+    assert len(failed) >= 6 and all(row["error"] for row in failed), later
+    assert any("STOW-RS" in row["error"] or "cannot retrieve" in row["error"] for row in failed)
+    for row in failed:
+        assert f"failed: {row['source']}" in stderr
