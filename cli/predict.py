@@ -323,9 +323,13 @@ def connect(url: str | None, timeout: float, embedded: bool, wanted: Wanted) -> 
                 f"no fracscan server ready at {target}: {problem}\n"
                 "Start one with `fracscan serve`, or add --embedded to start one for this run."
             )
-        note(f"No server at {target}; starting the embedded server ...")
     repository = wanted.repository or DEMO_REPOSITORY
-    note(f"Starting the embedded server on {repository} (free ports) ...")
+    where = f"on {repository} (free ports)"
+    note(
+        f"No server at {url}; starting the embedded server {where} ..."
+        if url
+        else f"Starting the embedded server {where} ..."
+    )
     try:
         server = EmbeddedServer(repository).start()
     except (ServerError, ValueError, OSError) as exc:
