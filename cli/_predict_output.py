@@ -17,9 +17,10 @@ from rich.table import Table
 from fracscan.acquisition import Acquisition, csv_columns
 from fracscan.cli.console import OutputFormat, fail
 from fracscan.client import FracScanClient, FracScanError, HeadResult, Prediction, PredictionError
+from fracscan.client.models import IDENTITY_FIELDS, identity_fields
 from fracscan.contract import QC_SEPARATOR
 from fracscan.decode import decode_image
-from fracscan.provenance import Provenance
+from fracscan.provenance import ModelIdentity
 
 CSV_FIELDS = [
     "source",
@@ -31,6 +32,7 @@ CSV_FIELDS = [
     "region",
     "region_source",
     "boxes",
+    *IDENTITY_FIELDS,
     "scored_at",
     *csv_columns(),
     "error_kind",
@@ -99,7 +101,16 @@ def served_heads(client: FracScanClient) -> tuple[str, ...]:
 
 
 def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
-    if result.ok:
+    """An answer's row; an error row has the same keys, empty, but an answer whose results were not written
+    (kind "output") keeps the answer and its model identity beside the error."""
+    if isinstance(result, PredictionError) and result.answer is not None:
+        return {
+            **_core_row(result.answer),
+            "source": printable(result.source),
+            "status": "error",
+            "error": result.error,
+        }
+    if isinstance(result, Prediction):
         d = result.to_dict()
         return {
             "source": printable(d["source"]),
@@ -116,6 +127,7 @@ def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
             "boxes": d["boxes"],
             "member_spread": d["member_spread"],
             "model": f"{d['model_name']}:{d['model_version']}",
+            **{key: d[key] for key in IDENTITY_FIELDS},
             "scored_at": d["scored_at"],
             "acquisition": d["acquisition"],
             "error_kind": None,
@@ -135,9 +147,10 @@ def _core_row(result: Prediction | PredictionError) -> dict[str, Any]:
         "boxes": [],
         "member_spread": None,
         "model": None,
+        **identity_fields(None),
         "scored_at": result.scored_at,
         "acquisition": result.acquisition.to_dict(),
-        "error_kind": result.kind,  # input / rejected / server / connection / timeout: monitor's failure reasons
+        "error_kind": result.kind,  # input / rejected / server / connection / timeout / model / output: monitor's failure reasons
         "error": result.error,
     }
 
@@ -165,7 +178,10 @@ class Writer:
             flag = {True: 1, False: 0}.get(row["fracture"], "")
             qc = {"qc": QC_SEPARATOR.join(row["qc"])} if self.heads else {}
             acquisition = Acquisition.from_dict(row["acquisition"]).to_csv()
-            self.csv.writerow({**row, "fracture": flag, "boxes": json.dumps(row["boxes"]), **acquisition, **qc})
+            flags = {"model_flags": ",".join(row["model_flags"] or [])}
+            self.csv.writerow(
+                {**row, "fracture": flag, "boxes": json.dumps(row["boxes"]), **acquisition, **qc, **flags}
+            )
         elif self.fmt is OutputFormat.json:
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
         else:
@@ -185,7 +201,7 @@ def results_table(rows: list[dict[str, Any]], heads: Sequence[str] = ()) -> Tabl
     when some row has the asterisk it explains. A column per classification head: "left 0.97"."""
     fallback = any(r.get("fallback") for r in rows)
     table = Table(
-        title="fracscan predictions",
+        title=" ".join(["fracscan predictions", *models_answering(rows)]),
         title_style="bold",
         caption="* no calibrated threshold for the region: fallback applied" if fallback else None,
     )
@@ -212,30 +228,54 @@ def results_table(rows: list[dict[str, Any]], heads: Sequence[str] = ()) -> Tabl
     return table
 
 
+def models_answering(rows: list[dict[str, Any]]) -> list[str]:
+    """The models the rows name, in order of first appearance, as `spec@members/thresholds+flags` ("by ..." once)."""
+    names: list[str] = []
+    for row in rows:
+        if row.get("model_spec") is not None:
+            identity = ModelIdentity(
+                row["model_spec"], row["model_members"], row["model_thresholds"], tuple(row["model_flags"])
+            )
+            if identity.compact() not in names:
+                names.append(identity.compact())
+    return ["by", ", ".join(names)] if names else []
+
+
 def head_cell(row: dict[str, Any], head: str) -> str:
     """A head's answer as the table shows it: the top class and its probability."""
     label, p = row.get(head), row.get(f"{head}_p")
     return "" if label is None else escape(f"{label} {p:.2f}")
 
 
-def overlay_notice(record: Provenance | None) -> str:
-    """The provenance notices drawn on every overlay of a repository without clinical meaning."""
-    if record is None or record.clinical:
-        return ""
-    return "\n".join(textwrap.fill(line, OVERLAY_NOTICE_WIDTH) for line in record.notices())
+def overlay_notice(identity: ModelIdentity | None) -> str:
+    """The notices of the answering model's flags, wrapped to fit a small radiograph ("" without flags)."""
+    notices = identity.notices() if identity else ()
+    return "\n".join(textwrap.fill(line, OVERLAY_NOTICE_WIDTH) for line in notices)
 
 
-def write_overlay(result: Prediction, overlay_dir: Path, notice: str) -> None:
-    """The radiograph with the boxes (definite solid, suspicious dashed) and the decision drawn on it."""
+def write_overlay(result: Prediction, overlay_dir: Path) -> Path:
+    """The radiograph with the boxes (definite solid, suspicious dashed), the decision and, from the answer's
+    own model identity, its notices and a banner of every flag (DEMO, RANDOM WEIGHTS, UNCALIBRATED). The PNG's
+    text chunks record the identity (`fracscan:model`) and the banner (`fracscan:banner`)."""
+    from PIL.PngImagePlugin import PngInfo
+
     from fracscan.client import overlay
 
+    identity = result.model_identity
     image = overlay.windowed(decode_image(Path(result.source).read_bytes()).pixels)
     overlay.draw_findings(image, result.boxes, result.level)
     text = f"{verdict(result)}  score {result.score:.3f} / threshold {result.threshold:.3f}  region {result.region}"
+    notice = overlay_notice(identity)
     lines = [text, *overlay.answer_lines(result.heads, result.qc, result.boxes)] + ([notice] if notice else [])
     overlay.draw_text(image, "\n".join(lines))
+    banner = " + ".join(identity.banners()) if identity else ""
+    overlay.draw_banner(image, banner)
+    info = PngInfo()
+    info.add_text("fracscan:model", identity.compact() if identity else f"{result.model_name}:{result.model_version}")
+    info.add_text("fracscan:banner", banner)
     name = str(Path(result.source).with_suffix("")).strip("/").replace(os.sep, "__") + ".png"
-    image.save(overlay_dir / name)
+    image.save(overlay_dir / name, pnginfo=info)
+    return overlay_dir / name
 
 
 def verdict(result: Prediction) -> str:

@@ -4,8 +4,9 @@
 `dicomweb_sources` lists a study's images as `dicomweb:<study>/<series>/<instance>` labels (so
 `--resume` works on them as on paths); `PacsScorer` stands in for the client in `predict`'s scoring
 step: it answers `predict_many` as the client does (fetching DICOMweb labels just in time) and,
-after each scored DICOM input, writes its results to `--sr-dir` and/or sends them with STOW-RS.
-Console lines name paths and UIDs only, never a patient attribute.
+after each scored DICOM input, writes its results to `--sr-dir` and/or sends them with STOW-RS; a
+result not written or not stored is an error row for its input. Console lines name paths and UIDs
+only, never a patient attribute.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from fracscan.cli.console import fail, note, warn
-from fracscan.client import FracScanClient, Prediction, PredictionError, StudyPrediction
+from fracscan.client import FracScanClient, FracScanError, Prediction, PredictionError, StudyPrediction
 from fracscan.decode import SNIFF_BYTES, sniff_kind
-from fracscan.provenance import Provenance
 
 if TYPE_CHECKING:
     from fracscan.pacs.dicomweb import DicomWeb
@@ -57,33 +57,31 @@ def dicomweb_sources(url: str, studies: list[str]) -> list[str]:
     return labels
 
 
-class PacsScorer:
-    """The client as `predict` uses it, plus the PACS outputs after each scored input."""
+class ResultsNotWritten(FracScanError):
+    """The SR, GSPS and SC of an answer could not be built or written (the message is free of patient attributes)."""
 
-    def __init__(
-        self,
-        client: FracScanClient,
-        provenance: Provenance | None,
-        sr_dir: Path | None,
-        web: DicomWeb | None,
-        store: bool,
-    ):
-        self.client, self.provenance, self.sr_dir, self.web, self.store = client, provenance, sr_dir, web, store
+    kind = "output"
+
+
+class PacsScorer:
+    """The client as `predict` uses it, plus the PACS outputs after each scored input.
+
+    Each result names the model of its own answer. A result that cannot be written (--sr-dir) or stored
+    (--store) makes that input an error (`PredictionError.not_delivered`, the answer kept): exit 1.
+    """
+
+    def __init__(self, client: FracScanClient, sr_dir: Path | None, web: DicomWeb | None, store: bool):
+        self.client, self.sr_dir, self.web, self.store = client, sr_dir, web, store
 
     @classmethod
     def wrap(
-        cls,
-        client: FracScanClient,
-        provenance: Provenance | None,
-        sr_dir: Path | None,
-        dicomweb: str | None,
-        store: bool,
+        cls, client: FracScanClient, sr_dir: Path | None, dicomweb: str | None, store: bool
     ) -> FracScanClient | PacsScorer:
         """The client itself when no PACS option is given (nothing changes), else a PacsScorer over it."""
         if sr_dir is None and dicomweb is None:
             return client
         web, _ = pacs_modules()
-        return cls(client, provenance, sr_dir, web.DicomWeb(dicomweb) if dicomweb else None, store)
+        return cls(client, sr_dir, web.DicomWeb(dicomweb) if dicomweb else None, store)
 
     def predict_many(
         self, sources: Iterable[str], region: str | None = None, concurrency: int = 8
@@ -96,24 +94,31 @@ class PacsScorer:
             )
             return
         for result in self.client.predict_many(sources, region=region, concurrency=concurrency):
-            if result.ok and self.sr_dir is not None:
-                self._write_file_results(result)
+            if isinstance(result, Prediction) and self.sr_dir is not None:
+                try:
+                    self._write_file_results(result)
+                except ResultsNotWritten as exc:
+                    yield PredictionError.not_delivered(result, exc.reason)
+                    continue
             yield result
 
     def _after(self, data: bytes, prediction: Prediction) -> None:
-        """For a DICOMweb instance: the files (--sr-dir), then STOW-RS (--store; its failure fails the input)."""
+        """For a DICOMweb instance: the files (--sr-dir), then STOW-RS (--store); either failing fails the input."""
         if self.sr_dir is not None:
             self._write(data, prediction)
         if self.store and self.web is not None:
             _, results = pacs_modules()
-            self.web.store(results.build_results(data, prediction, self.provenance))
+            try:
+                datasets = results.build_results(data, prediction)
+            except Exception as exc:
+                raise ResultsNotWritten(f"no SR, GSPS or SC built: {_scrubbed(exc, data)}") from None
+            self.web.store(datasets)
 
     def _write_file_results(self, prediction: Prediction) -> None:
         try:
             data = Path(prediction.source).read_bytes()
         except OSError as exc:
-            warn(f"no SR for {prediction.source}: {exc.strerror or exc}")
-            return
+            raise ResultsNotWritten(f"no SR written: cannot read the source again: {exc.strerror or exc}") from None
         if sniff_kind(data[:SNIFF_BYTES]) != "dicom":
             note(f"--sr-dir: {prediction.source} is not DICOM; no SR, GSPS or SC for it")
             return
@@ -123,19 +128,19 @@ class PacsScorer:
         assert self.sr_dir is not None
         try:
             _, results = pacs_modules()
-            results.write_results(self.sr_dir, data, prediction, self.provenance)
+            results.write_results(self.sr_dir, data, prediction)
         except Exception as exc:
-            warn(f"no SR for {prediction.source}: {_scrubbed(exc, data)}")
+            raise ResultsNotWritten(f"no SR, GSPS or SC written to {self.sr_dir}: {_scrubbed(exc, data)}") from None
 
 
-def study_sr_writer(sr_dir: Path, provenance: Provenance | None) -> Callable[[StudyPrediction], None]:
+def study_sr_writer(sr_dir: Path) -> Callable[[StudyPrediction], None]:
     """`--by-study --sr-dir`: after each study answer, its study SR (a note when no view is DICOM)."""
     _, results = pacs_modules()
 
     def write(study: StudyPrediction) -> None:
         label = study.study_instance_uid or "of " + ", ".join(study.sources[:1])
         try:
-            path = results.write_study_result(sr_dir, study, provenance)
+            path = results.write_study_result(sr_dir, study)
         except Exception as exc:  # the answer stands without its SR; a library message may quote the header
             warn(f"no study SR for study {label}: {type(exc).__name__}")
             return

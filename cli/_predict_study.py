@@ -42,7 +42,9 @@ from fracscan.client import (
     StudyPrediction,
     ViewPrediction,
 )
+from fracscan.client.models import identity_fields
 from fracscan.decode import SNIFF_BYTES, sniff_kind
+from fracscan.provenance import ModelIdentity
 
 STUDY_KIND, IMAGE_KIND = "study", "image"
 
@@ -130,13 +132,21 @@ def drop_rows_of(output: Path, studies: list[Study]) -> None:
     atomic_write_bytes(output, b"".join(kept))  # an interrupted resume leaves the old file or the new one
 
 
-def view_row(view: ViewPrediction | PredictionError, study: Study, heads: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A view's row: the keys of `fracscan predict`'s image rows, plus the study it belongs to."""
+def view_row(
+    view: ViewPrediction | PredictionError,
+    study: Study,
+    heads: tuple[str, ...] = (),
+    identity: ModelIdentity | None = None,
+) -> dict[str, Any]:
+    """A view's row: the keys of `fracscan predict`'s image rows, plus the study it belongs to; `identity`:
+    the model that answered the study."""
     base = {"kind": IMAGE_KIND, "study": study.key, "source": printable(view.source)}
     if isinstance(view, PredictionError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region"))
         found = head_keys({}, (), heads) if heads else {}
-        return {**base, "status": "error", **empty, "boxes": [], **found, "error": view.error}
+        return {
+            **base, "status": "error", **empty, "boxes": [], **found, **identity_fields(identity), "error": view.error
+        }  # fmt: skip
     return {
         **base,
         "status": "ok",
@@ -147,6 +157,7 @@ def view_row(view: ViewPrediction | PredictionError, study: Study, heads: tuple[
         "region": view.region,
         "boxes": [b.to_list() for b in view.boxes],
         **(head_keys(view.heads, view.qc, heads) if heads else {}),
+        **identity_fields(identity),
         "error": None,
     }
 
@@ -162,7 +173,10 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError, heads: tupl
     if isinstance(answer, FracScanError):
         empty = dict.fromkeys(("score", "fracture", "level", "threshold", "region", "rule", "calibrated"))
         found = head_keys({}, (), heads) if heads else {}
-        return {**row, "status": "error", **empty, "views_used": 0, "boxes": [], **found, "error": answer.reason}
+        none = identity_fields(None)
+        return {
+            **row, "status": "error", **empty, "views_used": 0, "boxes": [], **found, **none, "error": answer.reason
+        }  # fmt: skip
     return {
         **row,
         "status": "ok",
@@ -180,6 +194,7 @@ def study_row(study: Study, answer: StudyPrediction | FracScanError, heads: tupl
         "boxes": [],
         "model": f"{answer.model_name}:{answer.model_version}",
         **(head_keys(answer.heads, answer.qc, heads) if heads else {}),
+        **identity_fields(answer.model_identity),
         "error": None,
     }
 
@@ -220,8 +235,9 @@ def score_studies(
                     if isinstance(answer, StudyPrediction)
                     else tuple(PredictionError(v, answer.reason, answer.kind) for v in study.views)
                 )
+                identity = answer.model_identity if isinstance(answer, StudyPrediction) else None
                 for view in views:
-                    row = view_row(view, study, heads)
+                    row = view_row(view, study, heads, identity)
                     writer.write(row)
                     if isinstance(view, PredictionError):
                         run.failures.append(view)

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fracscan import contract as c
+from fracscan import provenance
 from fracscan.atomic import atomic_write_bytes
 from fracscan.cli._predict_output import (
     Writer,
-    overlay_notice,
     printable,
     result_row,
     served_heads,
@@ -34,10 +34,18 @@ from fracscan.cli._predict_output import (
 from fracscan.cli._predict_pacs import PacsScorer, check_options, dicomweb_sources
 from fracscan.cli._predict_study import predict_studies
 from fracscan.cli.console import OutputFormat, err, fail, failed_input, note, out, show_provenance, warn
-from fracscan.client import FracScanClient, FracScanConnectionError, FracScanError, Prediction, PredictionError
+from fracscan.client import (
+    FracScanClient,
+    FracScanConnectionError,
+    FracScanError,
+    Prediction,
+    PredictionError,
+    WrongModel,
+)
 from fracscan.contract import QC_SEPARATOR
 from fracscan.decode import SNIFF_BYTES, DecodeError, sniff_kind
-from fracscan.server import DEMO_REPOSITORY, EmbeddedServer, ServerError
+from fracscan.provenance import ExpectedModel, ModelIdentity
+from fracscan.server import DEMO_REPOSITORY, EmbeddedServer, ServerError, require_repository
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"}
 
@@ -47,17 +55,35 @@ def predict(
         list[str] | None, typer.Argument(help="Files, folders (searched recursively) or globs.", show_default=False)
     ] = None,
     url: Annotated[
-        str, typer.Option(help="Server URL(s), comma-separated; http://, https://, grpc:// or grpcs://.")
-    ] = c.DEFAULT_URL,
+        str | None,
+        typer.Option(
+            help="Server URL(s), comma-separated; http://, https://, grpc:// or grpcs://.", show_default=c.DEFAULT_URL
+        ),
+    ] = None,
     region: Annotated[
         str | None, typer.Option(help="Anatomical region for every input (overrides DICOM tags).")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds.")] = 60.0,
     embedded: Annotated[
-        bool, typer.Option(help="If no server answers at --url, start the bundled local server for this run.")
+        bool,
+        typer.Option(
+            help="Start a local server on --repository for this run, on free ports (with --url: only if no "
+            "server answers there)."
+        ),
     ] = False,
-    repository: Annotated[Path, typer.Option(help="Model repository for --embedded.")] = DEMO_REPOSITORY,
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model repository that must answer: the server at --url must serve it (else exit 2); "
+            "with --embedded, the one to serve.",
+            show_default="the demo, for --embedded",
+        ),
+    ] = None,
+    expect_model: Annotated[
+        str | None,
+        typer.Option(help="SPEC[:MEMBERS_HASH]: every answer must come from this model (else exit 2)."),
+    ] = None,
     fmt: Annotated[
         OutputFormat | None,
         typer.Option("--format", help="Output format.", show_default="table on a terminal, else jsonl"),
@@ -100,14 +126,18 @@ def predict(
 ) -> None:
     """Score radiographs (DICOM, PNG, JPEG, TIFF, .npy) and print or save one result per input.
 
-    Exit code 0: every input scored; 1: some inputs failed (each is listed); 2: usage or connection error.
+    Every row names the model of its own answer (model_spec, model_members, model_thresholds, model_flags).
+    Exit code 0: every input scored and its results written; 1: some inputs failed or their results (overlay,
+    SR, GSPS, SC, STOW-RS) were not written (each is listed); 2: usage or connection error, or another model
+    answers than --repository / --expect-model asked for.
     """
     fmt = fmt or (OutputFormat.table if sys.stdout.isatty() and output is None else OutputFormat.jsonl)
+    wanted = Wanted.of(repository, expect_model)
     if by_study:
         if dicomweb or overlay_dir:
             fail("--by-study scores paths only (no --dicomweb or --overlay-dir)")
         found_files = discover(paths or [])
-        connection = connect(url, timeout, embedded, repository)
+        connection = connect(url, timeout, embedded, wanted)
         predict_studies(
             found_files, connection, fmt, output, resume, region=region, concurrency=concurrency, sr_dir=sr_dir
         )
@@ -122,14 +152,13 @@ def predict(
     if overlay_dir:
         overlay_dir.mkdir(parents=True, exist_ok=True)
 
-    with connect(url, timeout, embedded, repository) as client, ExitStack() as files:
-        record = client.provenance()
-        show_provenance(record)
+    with connect(url, timeout, embedded, wanted) as client, ExitStack() as files:
+        show_provenance(client.provenance())
         heads = served_heads(client)
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
         writer = Writer(fmt, stream, append=bool(done), heads=heads)
-        overlays = Overlays(overlay_dir, overlay_notice(record)) if overlay_dir else None
-        scorer = PacsScorer.wrap(client, record, sr_dir, dicomweb, store)
+        overlays = Overlays(overlay_dir) if overlay_dir else None
+        scorer = PacsScorer.wrap(client, sr_dir, dicomweb, store)
         results = score(scorer, sources, writer, overlays, region=region, concurrency=concurrency)
         writer.close(out if stream is sys.stdout else Console(file=stream))
     summarize(results, writer.count, skipped=len(done))
@@ -248,27 +277,65 @@ def _is_error_row_of(line: bytes, sources: set[str]) -> bool:
     return isinstance(row, dict) and row.get("status") == "error" and row.get("source") in sources
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """Which model must answer: --repository DIR (its identity, exactly) and/or --expect-model SPEC[:MEMBERS]."""
+
+    repository: Path | None
+    expect: ExpectedModel | None
+    identity: ModelIdentity | None = None  # the repository's
+
+    @classmethod
+    def of(cls, repository: Path | None, expect_model: str | None) -> Wanted:
+        try:
+            expect = ExpectedModel.parse(expect_model) if expect_model else None
+            identity = provenance.identity(require_repository(repository)) if repository else None
+        except (ServerError, ValueError, OSError) as exc:
+            fail(str(exc))
+        if identity is not None and expect is not None and not expect.matches(identity):
+            fail(f"--repository {repository} holds {identity.compact()}, not --expect-model {expect}")
+        if identity is not None:  # the stricter of the two: spec, members and thresholds of DIR
+            expect = ExpectedModel(identity.spec, identity.members, identity.thresholds)
+        return cls(repository, expect, identity)
+
+
 @contextmanager
-def connect(url: str, timeout: float, embedded: bool, repository: Path) -> Iterator[FracScanClient]:
-    """A ready client: the server at `url`, or with --embedded one started on `repository` for this run."""
-    with FracScanClient(url, timeout=timeout) as client:
-        problem = _not_ready(client)
-        if problem is None:
-            yield client
-            return
-    if not embedded:
-        fail(
-            f"no fracscan server ready at {url}: {problem}\n"
-            "Start one with `fracscan serve`, or add --embedded to start one for this run."
-        )
-    note(f"No server at {url}; starting the embedded server on {repository} ...")
+def connect(url: str | None, timeout: float, embedded: bool, wanted: Wanted) -> Iterator[FracScanClient]:
+    """A ready client whose every answer comes from the wanted model.
+
+    With --embedded and no --url, a server started on the repository (the demo by default) on free ports,
+    never whatever listens on :8000. Otherwise the server(s) at --url (default DEFAULT_URL), which must
+    serve the wanted model (exit 2 naming the model that answers there); with --embedded, one is started
+    for this run only when nobody answers at --url.
+    """
+    if not (embedded and url is None):
+        target = url or c.DEFAULT_URL
+        with FracScanClient(target, timeout=timeout, expect_model=wanted.expect) as client:
+            problem = _not_ready(client)
+            if problem is None:
+                _check_model(client, target, wanted)
+                yield client
+                return
+        if not embedded:
+            fail(
+                f"no fracscan server ready at {target}: {problem}\n"
+                "Start one with `fracscan serve`, or add --embedded to start one for this run."
+            )
+    repository = wanted.repository or DEMO_REPOSITORY
+    where = f"on {repository} (free ports)"
+    note(
+        f"No server at {url}; starting the embedded server {where} ..."
+        if url
+        else f"Starting the embedded server {where} ..."
+    )
     try:
         server = EmbeddedServer(repository).start()
     except (ServerError, ValueError, OSError) as exc:
         fail(str(exc))
     try:
-        with FracScanClient(server.http_url, timeout=timeout) as local:
+        with FracScanClient(server.http_url, timeout=timeout, expect_model=wanted.expect) as local:
             local.wait_until_ready(timeout=30.0)
+            _check_model(local, server.http_url, wanted)
             yield local
     finally:
         server.stop()
@@ -282,18 +349,36 @@ def _not_ready(client: FracScanClient) -> FracScanError | None:
     return None
 
 
+def _check_model(client: FracScanClient, url: str, wanted: Wanted) -> None:
+    """Exit 2 unless every server at `url` serves the wanted model (read from their configs, before any request)."""
+    if wanted.expect is None:
+        return
+    try:
+        client.check_served()
+    except WrongModel as exc:
+        what = f"{wanted.repository} ({wanted.identity.compact()})" if wanted.identity else f"{wanted.expect}"
+        fail(
+            f"{exc}. To be answered by {what}: pass the --url of a server that serves it, or stop the server at "
+            f"{url} and start one with `fracscan serve --repository DIR`"
+            + (", or use --embedded without --url (a server of its own on free ports)" if wanted.repository else "")
+        )
+    except FracScanError as exc:
+        fail(f"cannot tell which model {url} serves: {exc}")
+
+
 @dataclass
 class Overlays:
-    """Where overlay PNGs go, and the provenance notice each one carries."""
+    """Where overlay PNGs go (each draws the model identity of its own answer)."""
 
     directory: Path
-    notice: str
 
-    def write(self, result: Prediction) -> None:
+    def write(self, result: Prediction) -> Prediction | PredictionError:
+        """The result, or its error when the overlay could not be written (an error for that input)."""
         try:
-            write_overlay(result, self.directory, self.notice)
-        except (OSError, DecodeError) as exc:
-            warn(f"no overlay for {result.source}: {exc}")
+            write_overlay(result, self.directory)
+        except (OSError, DecodeError, ValueError) as exc:
+            return PredictionError.not_delivered(result, f"no overlay written to {self.directory}: {exc}")
+        return result
 
 
 @dataclass
@@ -335,9 +420,13 @@ def score(
             files = [s for s in sources if isinstance(s, str)]
             answers = iter(client.predict_many(files, region=region, concurrency=concurrency))
             for result in (s if isinstance(s, PredictionError) else next(answers) for s in sources):
+                if isinstance(result, Prediction) and overlays:
+                    result = overlays.write(result)
+                if isinstance(result, PredictionError) and result.kind == "model":
+                    fail(f"{printable(result.source)}: {result.error}")  # another model answers now: stop
                 writer.write(result_row(result, writer.heads))
                 progress.advance(task)
-                if not result.ok:
+                if isinstance(result, PredictionError):
                     scored.failures.append(result)
                     if result.kind == "connection":
                         raise FracScanConnectionError(result.error)
@@ -345,8 +434,6 @@ def score(
                 scored.positives += result.fracture
                 if result.qc:
                     scored.qc.append((result.source, result.qc))
-                if overlays:
-                    overlays.write(result)
         except FracScanConnectionError as exc:
             fail(f"lost the server: {exc}")
     return scored

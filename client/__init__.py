@@ -22,16 +22,19 @@ from fracscan.client.errors import (
     FracScanTimeout,
     InputRejected,
     InvalidInput,
+    WrongModel,
 )
 from fracscan.client.models import Box, HeadResult, Prediction, PredictionError, RegionSource
 from fracscan.client.sources import Source
 from fracscan.client.study import StudyPrediction, ViewPrediction
 from fracscan.client.sync import FracScanClient
+from fracscan.provenance import ExpectedModel, ModelIdentity
 
 __all__ = [
     "AsyncFracScanClient",
     "Box",
     "ErrorKind",
+    "ExpectedModel",
     "FracScanClient",
     "FracScanConnectionError",
     "FracScanError",
@@ -40,10 +43,12 @@ __all__ = [
     "HeadResult",
     "InputRejected",
     "InvalidInput",
+    "ModelIdentity",
     "Prediction",
     "PredictionError",
     "RegionSource",
     "Source",
     "StudyPrediction",
     "ViewPrediction",
+    "WrongModel",
 ]

@@ -9,6 +9,8 @@
 - `map_error` (from `transport_errors`): the transports' exceptions -> the SDK's, by type;
 - `ClientBase._learn_heads`: the served ensemble's classification heads, learned once from its config
   (`client.heads`); health answers -> `server_info()` live in `client.health`;
+- `ClientBase._judge_served`, `_check_identity`: `expect_model` (every answer's MODEL_IDENTITY, and the
+  models the URLs serve, checked once before the first request);
 - `ClientBase`: the constructor arguments and helpers of both clients.
 
 `sync.py` and `aio.py` only add the calls (blocking or awaited) around these.
@@ -46,13 +48,15 @@ from fracscan.client.errors import (
     FracScanError,
     FracScanServerError,
     FracScanTimeout,
+    WrongModel,
 )
 from fracscan.client.heads import HeadClasses, head_output_names, heads_from_config, parse_heads
-from fracscan.client.health import endpoint_info
-from fracscan.client.models import Box, Prediction, PredictionError
+from fracscan.client.health import endpoint_info, served_identity
+from fracscan.client.models import Box, Prediction, PredictionError, identity_from_result
 from fracscan.client.sources import Payload, source_label
 from fracscan.client.study import StudyPrediction, StudyRequest, parse_study_result
 from fracscan.client.transport_errors import map_error
+from fracscan.provenance import ExpectedModel, ModelIdentity
 
 log = logging.getLogger("fracscan.client")
 
@@ -264,6 +268,7 @@ def parse_result(
         heads=answers,
         qc=qc,
         acquisition=request.payload.acquisition,
+        model_identity=identity_from_result(result),
     )
 
 
@@ -287,6 +292,7 @@ class ClientBase:
         insecure: bool = False,
         retries: int = 3,
         decode_on_client: bool = False,
+        expect_model: str | ExpectedModel | None = None,
     ):
         """
         url: "http://host:8000", "https://...", "grpc://host:8001", "grpcs://...", or several (a
@@ -306,6 +312,9 @@ class ClientBase:
             BodyPartExamined on the server, and a region the DICOM names stays region_source "dicom"
             (to know, the client reads the heads from the config before its first request; PNG, JPEG and
             TIFF are still decoded here).
+        expect_model: "SPEC" or "SPEC:MEMBERS_HASH" (or an ExpectedModel): every answer must come from that
+            model (its MODEL_IDENTITY), else WrongModel; before the first request the model each URL serves is
+            read from its config, and URLs that serve different models, or another model, are refused (WrongModel).
         """
         if connect_timeout <= 0 or timeout <= 0:
             raise ValueError("connect_timeout and timeout must be > 0 seconds")
@@ -323,6 +332,8 @@ class ClientBase:
         self.closed = False
         self._router = Router(self.endpoints)
         self._heads: HeadClasses | None = None  # the ensemble's heads once its config was read ({}: none)
+        self.expect = ExpectedModel.parse(expect_model) if isinstance(expect_model, str) else expect_model
+        self._served_checked = self.expect is None  # with an expectation: the URLs' models, once (_judge_served)
         self._setup()
 
     def _setup(self) -> None:
@@ -417,20 +428,52 @@ class ClientBase:
 
     def _parse(self, result: Any, request: Request, latency_s: float) -> Prediction:
         try:
-            return parse_result(result, request, self.model, latency_s, self._heads)
+            prediction = parse_result(result, request, self.model, latency_s, self._heads)
         except Exception as exc:  # a server that does not speak the fracscan contract
             raise FracScanServerError(
                 f"unexpected response from model '{self.model}': {type(exc).__name__}: {exc}",
                 source=request.payload.label,
             ) from exc
+        self._check_identity(prediction.model_identity, request.label)
+        return prediction
 
     def _parse_study(self, result: Any, request: StudyRequest, latency_s: float) -> StudyPrediction:
         try:
-            return parse_study_result(result, request, c.STUDY_MODEL, latency_s)
+            study = parse_study_result(result, request, c.STUDY_MODEL, latency_s)
         except Exception as exc:  # a server without the study model's contract
             raise FracScanServerError(
                 f"unexpected response from model '{c.STUDY_MODEL}': {type(exc).__name__}: {exc}", source=request.label
             ) from exc
+        self._check_identity(study.model_identity, request.label)
+        return study
+
+    def _check_identity(self, identity: ModelIdentity | None, source: str) -> None:
+        """An answer from another model than `expect_model` is refused (WrongModel), whatever it says."""
+        if self.expect is not None and not self.expect.matches(identity):
+            served = identity.compact() if identity else "a model that does not name itself"
+            raise WrongModel(
+                f"answered by {served}, not by the expected model {self.expect}", source=source, served=identity
+            )
+
+    def _judge_served(self, configs: list[tuple[Endpoint, Any]]) -> None:
+        """Before the first request with `expect_model`: every URL whose config answered must serve the one
+        expected model. `configs`: (endpoint, its ensemble config or None when it did not answer)."""
+        served = {ep.url: served_identity(config) for ep, config in configs if config is not None}
+        if not served:
+            return  # nobody answered: the answers are checked one by one, and this is tried again
+        names = {
+            url: identity.compact() if identity else "a model that does not name itself"
+            for url, identity in served.items()
+        }
+        if len(set(names.values())) > 1:
+            listed = "; ".join(f"{url} serves {name}" for url, name in names.items())
+            raise WrongModel(f"the servers serve different models ({listed}): give URLs that serve one model")
+        url, identity = next(iter(served.items()))
+        if self.expect is not None and not self.expect.matches(identity):
+            raise WrongModel(
+                f"{url} serves {names[url]}, not the expected model {self.expect}", url=url, served=identity
+            )
+        self._served_checked = True
 
     def _check_concurrency(self, concurrency: int) -> int:
         if concurrency < 1:

@@ -141,6 +141,7 @@ class AsyncFracScanClient(ClientBase):
         """Score one radiograph; raises like FracScanClient.predict."""
         if self.closed:
             raise FracScanError("the client is closed")
+        await self.check_served()
         send_dicom = False
         if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
             send_dicom = bool(self._heads if self._heads is not None else await self._read_heads())
@@ -161,6 +162,7 @@ class AsyncFracScanClient(ClientBase):
         FracScanClient.predict_many does.
         """
         concurrency = self._check_concurrency(concurrency)
+        await self.check_served()
         if self._heads is None:  # known before the first request: none is sent twice to learn them
             await self._read_heads()
         slots = asyncio.Semaphore(concurrency)  # a source is read only when its request may start
@@ -189,6 +191,7 @@ class AsyncFracScanClient(ClientBase):
         """Score every view of one study in one request; see FracScanClient.predict_study."""
         if self.closed:
             raise FracScanError("the client is closed")
+        await self.check_served()
         read = await asyncio.to_thread(read_views, views, self.decode_on_client)  # file I/O, DICOM parsing
         heads = self._heads if self._heads is not None else await self._read_heads()
         request = StudyRequest.make(read, region, heads)
@@ -227,6 +230,19 @@ class AsyncFracScanClient(ClientBase):
             inputs, outputs = request.tensors(ep.protocol, self._heads)
             result = await client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
         return result
+
+    async def check_served(self) -> None:
+        """See FracScanClient.check_served."""
+        if self._served_checked:
+            return
+        configs = []
+        for ep in self.endpoints:
+            try:
+                configs.append((ep, await self._client(ep).get_model_config(self.model, **self._config_options(ep))))
+            except Exception as exc:
+                configs.append((ep, None))
+                log.debug("no config of model '%s' from %s: %s", self.model, ep.url, exc)
+        self._judge_served(configs)
 
     async def _read_heads(self) -> HeadClasses | None:
         """See FracScanClient._read_heads."""

@@ -5,6 +5,7 @@
     ├── FracScanTimeout           connected, no answer within `timeout` (never retried)
     ├── InputRejected             the server refused the input (HTTP 400 / gRPC INVALID_ARGUMENT)
     │   └── InvalidInput          the client's own checks refused it before sending
+    ├── WrongModel                another model answered than the one expected (`expect_model`); `served`
     └── FracScanServerError       the server failed (5xx / INTERNAL ...); `status`, `retryable`
 
 The CLI turns them into exit codes (`fracscan.cli.console`: 2 for connection and usage, 1 for failed
@@ -13,9 +14,13 @@ inputs). Messages name the input and the problem, never a patient identifier.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-ErrorKind = Literal["input", "rejected", "server", "connection", "timeout"]
+if TYPE_CHECKING:
+    from fracscan.provenance import ModelIdentity
+
+# model: another model answered than the one expected; output: scored, but its results were not written or stored
+ErrorKind = Literal["input", "rejected", "server", "connection", "timeout", "model", "output"]
 
 
 class FracScanError(Exception):
@@ -54,6 +59,17 @@ class InvalidInput(InputRejected):
     """The client-side checks refused the input before sending it (missing file, unknown format, DICOM without pixels...)."""
 
     kind = "input"
+
+
+class WrongModel(FracScanError):
+    """The server answers with another model than the one asked for (`expect_model`, or fail-over URLs that
+    serve different models). `served`: the identity that answered (None when it names none)."""
+
+    kind = "model"
+
+    def __init__(self, reason: str, *, served: ModelIdentity | None = None, **kw: Any):
+        super().__init__(reason, **kw)
+        self.served = served
 
 
 class FracScanServerError(FracScanError):

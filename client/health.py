@@ -88,6 +88,13 @@ def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
     return {**reachable[0], "endpoints": summary}
 
 
+def served_identity(config: Any) -> provenance.ModelIdentity | None:
+    """The model identity an ensemble config names (http: a dict; grpc as_json: {"config": dict}), or None."""
+    config = (config or {}).get("config", config) or {}
+    record = provenance.from_parameters(config.get("parameters") or {})
+    return None if record is None else record.identity
+
+
 def served_provenance(info: dict[str, Any]) -> provenance.Provenance | None:
     """The provenance record of the ensemble that `server_info()` describes (None if it has none)."""
     raw = (info.get("ensemble") or {}).get("provenance")

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from fracscan.acquisition import Acquisition
 from fracscan.client.errors import ErrorKind, FracScanError
+from fracscan.contract import MODEL_IDENTITY
 from fracscan.contract import Level as Level  # the SDK re-exports both
 from fracscan.contract import RegionSource as RegionSource
+from fracscan.provenance import ModelIdentity
 
 # --- results -------------------------------------------------------------------------------
 
@@ -83,11 +85,14 @@ class Prediction:
     # For `fracscan monitor`: when the answer came, and the input's non-identifying acquisition facts.
     scored_at: str = field(default_factory=utc_timestamp)
     acquisition: Acquisition = field(default_factory=Acquisition)
+    # Who answered, from this answer's MODEL_IDENTITY (None only for a server that does not send it).
+    model_identity: ModelIdentity | None = None
 
     ok: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists; `heads` and `qc` only
+        """JSON-ready: plain types, boxes as [x0, y0, x1, y1, confidence] lists, the model identity as
+        `model_spec`, `model_members`, `model_thresholds`, `model_flags` (a list); `heads` and `qc` only
         when the ensemble has heads."""
         out: dict[str, Any] = {
             "source": self.source,
@@ -111,11 +116,32 @@ class Prediction:
             "study_instance_uid": self.study_instance_uid,
             "scored_at": self.scored_at,
             "acquisition": self.acquisition.to_dict(),
+            **identity_fields(self.model_identity),
         }
         if self.heads:
             out["heads"] = {name: head.to_dict() for name, head in self.heads.items()}
             out["qc"] = list(self.qc)
         return out
+
+
+IDENTITY_FIELDS = ("model_spec", "model_members", "model_thresholds", "model_flags")
+
+
+def identity_fields(identity: ModelIdentity | None) -> dict[str, Any]:
+    """The model identity as result rows carry it (every value None when there is none)."""
+    if identity is None:
+        return dict.fromkeys(IDENTITY_FIELDS)
+    values = (identity.spec, identity.members, identity.thresholds, list(identity.flags))
+    return dict(zip(IDENTITY_FIELDS, values, strict=True))
+
+
+def identity_from_result(result: Any) -> ModelIdentity | None:
+    """The MODEL_IDENTITY of a tritonclient InferResult (None when the answer has none); ValueError if malformed."""
+    tensor = result.as_numpy(MODEL_IDENTITY)
+    if tensor is None or not tensor.size:
+        return None
+    value = tensor.reshape(-1)[0]
+    return ModelIdentity.from_json(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
 
 
 @dataclass(frozen=True)
@@ -127,12 +153,19 @@ class PredictionError:
     kind: ErrorKind
     scored_at: str = field(default_factory=utc_timestamp)  # when it failed
     acquisition: Acquisition = field(default_factory=Acquisition)  # known when the input was read before it failed
+    answer: Prediction | None = None  # kind "output": the answer whose results could not be written or stored
 
     ok: ClassVar[bool] = False
 
     @classmethod
     def from_exception(cls, source: str, exc: FracScanError) -> PredictionError:
         return cls(source, exc.reason, exc.kind)
+
+    @classmethod
+    def not_delivered(cls, answer: Prediction, reason: str) -> PredictionError:
+        """A scored input whose results (SR, GSPS, SC, STOW-RS, overlay) could not be written or stored."""
+        error = f"scored (score {answer.score:.3f}) but {reason}"
+        return cls(answer.source, error, "output", answer.scored_at, answer.acquisition, answer)
 
     def to_dict(self) -> dict[str, Any]:
         return {

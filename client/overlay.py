@@ -4,8 +4,9 @@ Secondary Capture (`fracscan.pacs.sc`).
 Definite findings are drawn solid red, suspicious ones dashed orange (the two-level answer), each
 labelled with its box confidence; the text (the decision, the classification heads' answers, any
 quality-control warning and the legend of the box label) sits at the top left, wrapped to the image's
-width and made smaller when it would cover too much of a small image. Pillow and numpy only, so a
-client-only install can draw.
+width and made smaller when it would cover too much of a small image; the answering model's flags (DEMO,
+RANDOM WEIGHTS, UNCALIBRATED) are a red banner across the bottom. Pillow and numpy only, so a client-only
+install can draw.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BOX_LEGEND = "box label: the box's confidence, not the fracture score"
 MARGIN = 8
 MAX_TEXT_SHARE = 0.45  # of the image height; past it the text is made smaller (down to MIN_FONT)
 MIN_FONT = 8
+BANNER_COLOUR = (200, 0, 0)
 
 
 def windowed(pixels: npt.NDArray[np.floating[Any] | np.integer[Any]]) -> Image.Image:
@@ -109,6 +111,17 @@ def wrap(draw: ImageDraw.ImageDraw, text: str, font_size: int, width: float) -> 
 def _height(draw: ImageDraw.ImageDraw, text: str, font_size: int) -> float:
     box = draw.multiline_textbbox((0, 0), text, font_size=font_size, stroke_width=2)
     return float(box[3] - box[1])
+
+
+def draw_banner(image: Image.Image, text: str) -> None:
+    """A red band across the bottom with `text` in white ("" draws nothing)."""
+    if not text:
+        return
+    font_size = font_size_for(image)
+    draw = ImageDraw.Draw(image)
+    top = image.size[1] - 2 * font_size - 8
+    draw.rectangle([0, top, image.size[0], image.size[1]], fill=BANNER_COLOUR)
+    draw.text((8, top + font_size // 2), text, fill=(255, 255, 255), font_size=font_size)
 
 
 def _dashed(

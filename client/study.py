@@ -20,8 +20,9 @@ import numpy as np
 from fracscan import contract as c
 from fracscan.client.errors import FracScanError, InvalidInput
 from fracscan.client.heads import HeadClasses
-from fracscan.client.models import Box, HeadResult, Level, PredictionError
+from fracscan.client.models import Box, HeadResult, Level, PredictionError, identity_fields, identity_from_result
 from fracscan.client.sources import Payload, Source, read_source, source_label
+from fracscan.provenance import ModelIdentity
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class StudyPrediction:
     # and the QC warnings where views disagree on a head that describes the study (laterality, body part).
     heads: dict[str, HeadResult] = field(default_factory=dict)
     qc: tuple[str, ...] = ()
+    model_identity: ModelIdentity | None = None  # who answered (the study model's MODEL_IDENTITY)
 
     ok: ClassVar[bool] = True
 
@@ -115,6 +117,7 @@ class StudyPrediction:
             "model_version": self.model_version,
             "latency_s": self.latency_s,
             **_heads_dict(self.heads, self.qc),
+            **identity_fields(self.model_identity),
         }
 
 
@@ -287,4 +290,5 @@ def parse_study_result(result: Any, request: StudyRequest, model: str, latency_s
         latency_s=latency_s,
         heads=study_heads,
         qc=study_qc,
+        model_identity=identity_from_result(result),
     )

@@ -181,6 +181,7 @@ class FracScanClient(ClientBase):
         (see ClientBase._learn_heads).
         """
         concurrency = self._check_concurrency(concurrency)
+        self.check_served()
         if self._heads is None:  # known before the pool starts: no request is sent twice to learn them
             self._read_heads()
         clients = _ThreadClients(self._new_client)  # this call's worker threads get their own clients
@@ -211,6 +212,7 @@ class FracScanClient(ClientBase):
     def _predict(self, source: Source, region: str | None, clients: _ThreadClients) -> Prediction:
         if self.closed:
             raise FracScanError("the client is closed")
+        self.check_served()
         send_dicom = False
         if self.decode_on_client:  # an ensemble with heads gets DICOM as it is (ClientBase.__init__)
             send_dicom = bool(self._heads if self._heads is not None else self._read_heads())
@@ -228,6 +230,7 @@ class FracScanClient(ClientBase):
         """
         if self.closed:
             raise FracScanError("the client is closed")
+        self.check_served()
         heads = self._heads if self._heads is not None else self._read_heads()
         request = StudyRequest.make(read_views(views, self.decode_on_client), region, heads)
         started = time.perf_counter()
@@ -265,6 +268,20 @@ class FracScanClient(ClientBase):
             inputs, outputs = request.tensors(ep.protocol, self._heads)
             result = client.infer(self.model, inputs, outputs=outputs, **self._infer_options(ep))
         return result
+
+    def check_served(self) -> None:
+        """With `expect_model`, once (also done before the first request): read the model every URL serves
+        from its config; WrongModel when they differ or are not the expected one (ClientBase._judge_served)."""
+        if self._served_checked:
+            return
+        configs = []
+        for ep in self.endpoints:
+            try:
+                configs.append((ep, self._clients.get(ep).get_model_config(self.model, **self._config_options(ep))))
+            except Exception as exc:
+                configs.append((ep, None))
+                log.debug("no config of model '%s' from %s: %s", self.model, ep.url, exc)
+        self._judge_served(configs)
 
     def _read_heads(self) -> HeadClasses | None:
         """The heads read ahead of a request (ClientBase._learn_heads): from the first endpoint not marked down

@@ -339,7 +339,7 @@ def write_repository(
         calibrated=is_calibrated(thresholds.provenance),
         member_hashes=tuple(hashes),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    ).with_thresholds(thresholds.to_json())
     provenance.write(output, record)
     _write_ensemble(output, spec, options, record)
     return output

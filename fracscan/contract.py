@@ -7,12 +7,19 @@ spelled anywhere else.
 
     fracscan (ensemble)   IMAGE [+ REGION] -> SCORE FRACTURE THRESHOLD REGION_USED REGION_SOURCE
                                               FALLBACK MEMBER_SCORES BOXES LEVEL DEFINITE_THRESHOLD
+                                              MODEL_IDENTITY
       preprocess          IMAGE [+ REGION] -> FRAME GEOMETRY REGION_USED REGION_SOURCE
       normalize           FRAME            -> PIXELS                 (plain + LCN; runs on the GPU on GPU targets)
       member_NN           image            -> score [+ map]          (ensemble names SCORE_NN, MAP_NN)
       average             SCORE_NN, MAP_NN -> SCORE MEMBER_SCORES [MAP]
       threshold           SCORE GEOMETRY REGION_USED [MAP] -> FRACTURE THRESHOLD FALLBACK BOXES LEVEL
-                                                              DEFINITE_THRESHOLD
+                                                              DEFINITE_THRESHOLD MODEL_IDENTITY
+
+MODEL_IDENTITY (BYTES [1]) names the model that made the answer, as compact JSON
+`{"spec": ..., "members": <16 hex>, "thresholds": <16 hex>, "flags": [...]}` (flags from "demo",
+"random_weights", "uncalibrated"; `fracscan.provenance.ModelIdentity`). `threshold` computes it when it
+loads, from the provenance.json and the thresholds.json it serves, so every answer names its own model
+even when the server is redeployed between two requests; `fracscan_study` answers its own the same way.
 
 An ensemble whose spec declares classification heads (Olczak et al. 2017) adds, per head `<head>` with
 K classes: member output `head_<head>` [K] (softmax; ensemble name `<HEAD>_PROBS_NN`), averaged into
@@ -32,6 +39,7 @@ study answer with `STUDY_` and its per-view answers with `VIEW_`:
                                                   STUDY_DEFINITE_THRESHOLD STUDY_FALLBACK STUDY_RULE
                                                   STUDY_CALIBRATED STUDY_VIEWS_USED REGION_USED
                                                   VIEW_SCORES VIEW_THRESHOLDS VIEW_LEVELS VIEW_REGIONS VIEW_ERRORS VIEW_BOXES
+                                                  MODEL_IDENTITY
 
 With heads, `fracscan_study` adds per head STUDY_<HEAD> (BYTES [1]) and STUDY_<HEAD>_PROBS (FP32 [K], the
 classes' shares of the views' votes: fracscan.study.study_heads), then STUDY_QC (BYTES [1]: "" or the
@@ -152,6 +160,7 @@ BOXES = "BOXES"
 LEVEL = "LEVEL"
 DEFINITE_THRESHOLD = "DEFINITE_THRESHOLD"
 QC = "QC"  # ensembles with heads: "" or the quality-control warnings, "; "-joined
+MODEL_IDENTITY = "MODEL_IDENTITY"  # who answered: compact JSON of fracscan.provenance.ModelIdentity
 QC_SEPARATOR = "; "  # joins several QC warnings in the QC tensor (and in the CLI's CSV cell and warning line)
 DICOM_LABELS = "DICOM_LABELS"  # preprocess -> threshold: (laterality, body part) as "Keyword=VALUE" or ""
 DICOM_LABEL_COUNT = 2
@@ -356,6 +365,7 @@ def _core_outputs(members: int) -> tuple[Tensor, ...]:
         Tensor(BOXES, "FP32", (-1, BOX_COLUMNS)),
         Tensor(LEVEL, "BYTES", (1,)),
         Tensor(DEFINITE_THRESHOLD, "FP32", (1,)),
+        Tensor(MODEL_IDENTITY, "BYTES", (1,)),
     )
 
 
@@ -402,6 +412,7 @@ def _study_core_outputs() -> tuple[Tensor, ...]:
         Tensor(VIEW_REGIONS, "BYTES", (-1,)),
         Tensor(VIEW_ERRORS, "BYTES", (-1,)),
         Tensor(VIEW_BOXES, "FP32", (-1, VIEW_BOX_COLUMNS)),
+        Tensor(MODEL_IDENTITY, "BYTES", (1,)),
     )
 
 
@@ -412,7 +423,7 @@ ENSEMBLE_OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in ensemble_outputs(
 
 RESERVED_NAMES: frozenset[str] = frozenset(
     {IMAGE, REGION, FRAME, PIXELS, GEOMETRY, REGION_USED, REGION_SOURCE, SCORE, MAP, MEMBER_SCORES, FRACTURE}
-    | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD, QC, DICOM_LABELS}
+    | {THRESHOLD, FALLBACK, BOXES, LEVEL, DEFINITE_THRESHOLD, QC, DICOM_LABELS, MODEL_IDENTITY}
     | set(STUDY_OUTPUT_NAMES)
     | {STUDY_QC, VIEW_QC}
 )

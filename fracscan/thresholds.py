@@ -28,6 +28,17 @@ class ThresholdsError(ValueError):
     """The thresholds file is malformed; the message names the file and the problem."""
 
 
+def read_thresholds_json(path: str | Path) -> Any:
+    """A thresholds file's JSON (ThresholdsError naming the file when it is missing or not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ThresholdsError(f"{path}: thresholds file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ThresholdsError(f"{path}: not valid JSON: {exc}") from None
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     threshold: float  # fracture iff ensemble score >= threshold
@@ -122,14 +133,7 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ThresholdsError(f"{path}: thresholds file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ThresholdsError(f"{path}: not valid JSON: {exc}") from None
-        return cls.from_json(raw, str(path))
+        return cls.from_json(read_thresholds_json(path), str(path))
 
 
 def _point_json(point: OperatingPoint) -> dict[str, float]:

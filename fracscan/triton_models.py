@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import traceback
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside the Triton python stub
 
 from fracscan import contract as c
+from fracscan import provenance
 from fracscan.heads import average_head_probs, resolve_heads
 from fracscan.onnxrt import ort_session
 from fracscan.pipeline import InputError, MemberOutputs, combine, normalize, prepare_frame, run_member_with_heads
@@ -25,7 +25,7 @@ from fracscan.postprocess import decide
 from fracscan.preprocess import Geometry
 from fracscan.spec import load_spec
 from fracscan.study import StudyError, decide_study, study_heads
-from fracscan.thresholds import Thresholds
+from fracscan.thresholds import Thresholds, read_thresholds_json
 
 
 def _error(step: str, exc: BaseException, invalid_input: bool) -> pb_utils.InferenceResponse:
@@ -69,6 +69,13 @@ class _Base:
 
 def _texts(rows: list[list[str]]) -> np.ndarray:
     return np.array([[v.encode() for v in row] for row in rows], dtype=np.object_)
+
+
+def _load_identity(repository: Path) -> tuple[Thresholds, provenance.ModelIdentity]:
+    """The thresholds to apply and the identity that names them, from one reading of thresholds.json."""
+    path = repository / c.THRESHOLDS_FILE
+    raw = read_thresholds_json(path)
+    return Thresholds.from_json(raw, str(path)), provenance.read(repository, thresholds=raw).identity
 
 
 class PreprocessModel(_Base):
@@ -196,15 +203,16 @@ class ThresholdModel(_Base):
     probabilities (`contract.head_outputs`) and QC.
 
     Thresholds are read from thresholds.json at load; the file is swapped without touching
-    the members (see `fracscan calibrate`).
+    the members (see `fracscan calibrate`). Every answer carries MODEL_IDENTITY, the identity of
+    the provenance and the thresholds read then (`_load_identity`).
     """
 
     step = "threshold"
 
     def initialize(self, args):
         super().initialize(args)
-        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
-        pb_utils.Logger.log_info(f"threshold: loaded {json.dumps(self.thresholds.provenance)[:200]}")
+        self.thresholds, self.identity = _load_identity(self.repository)
+        pb_utils.Logger.log_info(f"threshold: serving {self.identity.compact()}")
 
     def handle(self, request):
         passed = {name: _input(request, c.passed_through(name)) for name in c.passed_on(self.spec.head_dims)}
@@ -247,6 +255,7 @@ class ThresholdModel(_Base):
                 pb_utils.Tensor(c.BOXES, padded),
                 pb_utils.Tensor(c.LEVEL, np.array(level, dtype=np.object_)),
                 pb_utils.Tensor(c.DEFINITE_THRESHOLD, np.asarray(definite, dtype=np.float32)),
+                pb_utils.Tensor(c.MODEL_IDENTITY, _texts([[self.identity.to_text()]] * len(scores))),
             ]
             + heads
         )
@@ -287,7 +296,7 @@ class StudyModel(_Base):
 
     def initialize(self, args):
         super().initialize(args)
-        self.thresholds = Thresholds.load(self.repository / c.THRESHOLDS_FILE)
+        self.thresholds, self.identity = _load_identity(self.repository)
         heads = tuple(t.name for t in c.head_answer_outputs(self.spec.head_dims))
         self.wanted = (*StudyModel.wanted, *heads)
 
@@ -349,6 +358,7 @@ class StudyModel(_Base):
                     else np.zeros((0, c.VIEW_BOX_COLUMNS), dtype=np.float32),
                 ),
                 *study_head_tensors(self.spec, views),
+                pb_utils.Tensor(c.MODEL_IDENTITY, text([self.identity.to_text()])),
             ]
         )
 

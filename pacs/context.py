@@ -3,7 +3,8 @@
 `ScoredImage` is the one small interface behind the SR, GSPS and SC writers: each writer is a
 `build(scored) -> Dataset` function over it. It carries the Part-10 bytes (the SC needs the pixels,
 decoded by the same `fracscan.decode` the server uses), the parsed dataset (UIDs, patient and study
-attributes for filing), the `Prediction`, and the `Algorithm` (spec name, members' hash, notices).
+attributes for filing), the `Prediction`, and the `Algorithm` (the answer's own model identity: spec
+name, members' hash, thresholds hash, flags), and the keys its UIDs derive from (`uids`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pydicom.dataset import Dataset
 
 from fracscan.client.models import Prediction
 from fracscan.decode import decode_image
-from fracscan.provenance import Provenance
+from fracscan.pacs import uids
+from fracscan.provenance import ModelIdentity
 
 MANUFACTURER = "fracscan"  # also how the listener and DICOMweb route recognise their own results
 NOT_CLINICAL = "NOT FOR CLINICAL USE"
@@ -27,39 +29,38 @@ NOT_CLINICAL = "NOT FOR CLINICAL USE"
 
 @dataclass(frozen=True)
 class Algorithm:
-    """The answering ensemble as the results name it: spec name, version (members' hash), notices."""
+    """The answering ensemble as the results name it: from the answer's own model identity.
+
+    name: the spec; version: the members' hash; thresholds: the thresholds hash; flags: demo /
+    random_weights / uncalibrated (each drawn as a banner and listed as a notice).
+    """
 
     name: str
     version: str
-    notices: tuple[str, ...] = ()
-    demo: bool = False
-    random_weights: bool = False
+    thresholds: str = ""
+    flags: tuple[str, ...] = ()
 
     @classmethod
-    def from_provenance(cls, provenance: Provenance | None, prediction: Prediction) -> Algorithm:
-        """From the server's provenance record; a server without one is named by its model and version."""
-        fallback = f"{prediction.model_name}:{prediction.model_version}"
-        if provenance is None:
-            return cls(name=prediction.model_name, version=fallback)
-        return cls(
-            name=provenance.spec or prediction.model_name,
-            version=provenance.members_hash or fallback,
-            notices=provenance.notices(),
-            demo=provenance.demo,
-            random_weights=provenance.random_weights,
-        )
+    def of(cls, prediction: Prediction) -> Algorithm:
+        """From the prediction's MODEL_IDENTITY; an answer without one is named by its model and version."""
+        identity = prediction.model_identity
+        if identity is None:
+            return cls(name=prediction.model_name, version=f"{prediction.model_name}:{prediction.model_version}")
+        return cls(identity.spec, identity.members, identity.thresholds, identity.flags)
 
     @property
-    def clinical(self) -> bool:
-        return not (self.demo or self.random_weights)
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.name, self.version, self.thresholds, self.flags)
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        return self.identity.notices()
 
     @property
     def banner(self) -> str:
-        """ "" for a clinical ensemble, else e.g. "DEMO - NOT FOR CLINICAL USE" (series descriptions, SC)."""
-        if self.clinical:
-            return ""
-        labels = [label for label, on in (("DEMO", self.demo), ("RANDOM WEIGHTS", self.random_weights)) if on]
-        return f"{' + '.join(labels)} - {NOT_CLINICAL}"
+        """ "" for a calibrated clinical ensemble, else e.g. "DEMO + UNCALIBRATED - NOT FOR CLINICAL USE"."""
+        labels = self.identity.banners()
+        return f"{' + '.join(labels)} - {NOT_CLINICAL}" if labels else ""
 
     def series_description(self, what: str) -> str:
         """A Series Description (LO, at most 64 characters) that says what the series is and flags a demo."""
@@ -76,8 +77,26 @@ class ScoredImage:
     algorithm: Algorithm
 
     @classmethod
-    def make(cls, data: bytes, prediction: Prediction, provenance: Provenance | None) -> ScoredImage:
-        return cls(data, prediction, Algorithm.from_provenance(provenance, prediction))
+    def make(cls, data: bytes, prediction: Prediction) -> ScoredImage:
+        return cls(data, prediction, Algorithm.of(prediction))
+
+    @property
+    def result_key(self) -> str:
+        """What decides this result's content (`uids.result_key`): its UIDs follow it."""
+        p = self.prediction
+        return uids.result_key(
+            self.sop_instance_uid,
+            self.algorithm.version,
+            self.algorithm.thresholds,
+            p.region,
+            p.threshold,
+            getattr(p, "definite_threshold", None),
+        )
+
+    @property
+    def series_key(self) -> str:
+        """The model whose results a series holds (members and thresholds: a recalibration starts new series)."""
+        return uids.series_key(self.algorithm.version, self.algorithm.thresholds)
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -116,4 +135,5 @@ class ScoredImage:
             lines.append(f"definite threshold {definite!r}")
         if p.fallback:
             lines.append("fallback threshold: no calibrated operating point for the region")
+        lines.append(f"model {self.algorithm.identity.compact()}")  # spec@members/thresholds+flags
         return lines + list(self.algorithm.notices)

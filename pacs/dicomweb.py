@@ -138,8 +138,7 @@ def predict_study(
 ) -> Iterator[Prediction | PredictionError]:
     """Score every image of one study; with `store`, STOW-RS each answer's SR, GSPS and SC into the study."""
     refs = web.instances(study_uid, skipped)
-    provenance = client.provenance() if store else None
-    after = (lambda data, prediction: web.store(build_results(data, prediction, provenance))) if store else None
+    after = (lambda data, prediction: web.store(build_results(data, prediction))) if store else None
     yield from predict_instances(client, web, refs, region=region, concurrency=concurrency, after=after)
 
 
@@ -156,7 +155,8 @@ def predict_instances(
 
     One result per instance, in order: an instance that cannot be retrieved, or turns out to be one
     of fracscan's own results, is a PredictionError. `after(data, prediction)` runs for every scored
-    instance (e.g. store its results); when it fails, that result becomes a PredictionError saying so.
+    instance (e.g. store its results); when it fails, that result becomes a PredictionError saying so
+    (kind "output", the answer kept in it).
     """
     fetched: deque[tuple[InstanceRef, bytes, PredictionError | None]] = deque()
 
@@ -185,8 +185,10 @@ def predict_instances(
         if after is not None:
             try:
                 after(data, prediction)
-            except FracScanError as exc:
-                yield PredictionError(ref.label, f"scored (score {prediction.score:.3f}) but {exc.reason}", exc.kind)
+            except Exception as exc:  # results not built or not stored: an error for this instance
+                yield PredictionError.not_delivered(
+                    prediction, exc.reason if isinstance(exc, FracScanError) else f"{type(exc).__name__}: {exc}"
+                )
                 continue
         yield prediction
 

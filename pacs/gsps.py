@@ -49,9 +49,9 @@ def build(scored: ScoredImage) -> Dataset:
         )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
-        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
+        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, scored.series_key),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
+        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, scored.result_key),
         instance_number=filing.instance_number(source),
         manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm.name[:64],

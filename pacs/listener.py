@@ -43,7 +43,7 @@ from fracscan.pacs.dimse import Destination, StoreFailed, store_datasets
 from fracscan.pacs.results import WRITERS, build_results, skip_reason
 from fracscan.pacs.spool import Spool, SpoolFull, free_bytes
 from fracscan.pacs.status import EVERY_S, utc_iso, write_status
-from fracscan.provenance import Provenance
+from fracscan.provenance import ModelIdentity
 
 log = logging.getLogger("fracscan.listener")
 
@@ -114,8 +114,7 @@ class Listener:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._server: Any = None
-        self._provenance: Provenance | None = None
-        self._provenance_known = False
+        self._announced: ModelIdentity | None = None  # the model of the last answer (logged when it changes)
         self.rejections = RateLimitedLog()
         self.counts: Counter[str] = Counter()  # associations accepted / rejected
         self.failures: Counter[str] = Counter()  # reason -> instances
@@ -267,7 +266,8 @@ class Listener:
             prediction = client.predict(data)
         except InputRejected as exc:
             return self._not_analysed(client, path, data, exc.reason)
-        datasets = build_results(data, prediction, self._served_provenance(client))
+        self._announce(prediction.model_identity)
+        datasets = build_results(data, prediction)
         outcome = {"outcome": "scored", "verdict": _verdict(prediction), "kinds": list(WRITERS)}
         self.spool.save_answer(path, datasets, outcome)
         append_result_row(self.config.results_log, prediction)  # computed once: a resent instance logs once
@@ -285,8 +285,8 @@ class Listener:
         if not self.config.unanalysed_report or header is None:
             self.spool.fail(path, f"not analysed: {reason}")
             return None
-        provenance = self._served_provenance(client)
-        report = unanalysed.build(header, reason, (provenance.members_hash if provenance else None) or "unknown")
+        # the model of the last answer names the attempt (the refused image got no answer of its own)
+        report = unanalysed.build(header, reason, self._announced.members if self._announced else "unknown")
         outcome = {"outcome": "not analysed", "reason": reason, "kinds": [unanalysed.KIND]}
         self.spool.save_answer(path, [report], outcome)
         return [report], outcome
@@ -322,12 +322,14 @@ class Listener:
         if removed:
             log.info("removed %d instance(s) set aside more than %g day(s) ago", removed, self.config.keep_failed_days)
 
-    def _served_provenance(self, client: FracScanClient) -> Provenance | None:
-        if not self._provenance_known:
-            self._provenance, self._provenance_known = client.provenance(), True
-            for line in self._provenance.notices() if self._provenance else ():
-                log.warning("%s", line)
-        return self._provenance
+    def _announce(self, identity: ModelIdentity | None) -> None:
+        """Log the answering model and its notices whenever it changes (results take it from each answer)."""
+        if identity is None or identity == self._announced:
+            return
+        self._announced = identity
+        log.info("answers come from %s", identity.compact())
+        for line in identity.notices():
+            log.warning("%s", line)
 
     def _on_store(self, event: Any) -> int:
         """Spool, then acknowledge. A failure to spool is not acknowledged (the sender keeps the instance)."""

@@ -2,15 +2,16 @@
 
 For viewers that do not apply presentation states. The findings are drawn as the CLI's overlays
 draw them (`fracscan.client.overlay`: definite solid red, suspicious dashed orange); the decision, the
-classification heads' answers, any quality-control warning and the box legend sit at the top, and an ensemble without clinical
-meaning (demo, random weights) gets a red banner across the image that no viewer can switch off.
+classification heads' answers, any quality-control warning and the box legend sit at the top, and every
+flag of the answering model (DEMO, RANDOM WEIGHTS, UNCALIBRATED) is a red banner across the image that no
+viewer can switch off (`overlay.draw_banner`).
 """
 
 from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -21,7 +22,7 @@ from fracscan.pacs.context import MANUFACTURER, ScoredImage
 KIND = "sc"
 SERIES_NUMBER = 9103
 
-BANNER_COLOUR = (200, 0, 0)
+BANNER_COLOUR = overlay.BANNER_COLOUR
 
 
 def build(scored: ScoredImage) -> Dataset:
@@ -34,9 +35,9 @@ def build(scored: ScoredImage) -> Dataset:
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
+        series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, scored.series_key),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
+        sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, scored.result_key),
         instance_number=filing.instance_number(source),
         manufacturer=MANUFACTURER,
         patient_orientation=_orientation(source),
@@ -57,14 +58,9 @@ def render(scored: ScoredImage) -> Image.Image:
     """The radiograph windowed over its 0.5 - 99.5 percentiles, with the boxes, the decision and any banner."""
     image = overlay.windowed(scored.pixels)
     overlay.draw_findings(image, scored.prediction.boxes, scored.level)
-    font_size = overlay.font_size_for(image)
     p = scored.prediction
     overlay.draw_text(image, "\n".join([scored.decision_text(), *overlay.answer_lines(p.heads, p.qc, p.boxes)]))
-    if scored.algorithm.banner:
-        draw = ImageDraw.Draw(image)
-        top = image.size[1] - 2 * font_size - 8
-        draw.rectangle([0, top, image.size[0], image.size[1]], fill=BANNER_COLOUR)
-        draw.text((8, top + font_size // 2), scored.algorithm.banner, fill=(255, 255, 255), font_size=font_size)
+    overlay.draw_banner(image, scored.algorithm.banner)
     return image
 
 

@@ -96,9 +96,9 @@ def build(scored: ScoredImage) -> Dataset:
         hd.sr.Comprehensive3DSR(
             evidence=[source],
             content=report,
-            series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, algorithm.version),
+            series_instance_uid=uids.series_uid(KIND, scored.study_instance_uid, scored.series_key),
             series_number=SERIES_NUMBER,
-            sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, algorithm.version),
+            sop_instance_uid=uids.instance_uid(KIND, scored.sop_instance_uid, scored.result_key),
             instance_number=filing.instance_number(source),
             manufacturer=MANUFACTURER,
             is_complete=True,
@@ -183,7 +183,7 @@ def _image_group(scored: ScoredImage) -> hd.sr.MeasurementsAndQualitativeEvaluat
     """TID 1501 over the whole image: the score and the operating point."""
     p = scored.prediction
     return measurement_group(
-        uids.derived_uid("image-group", scored.sop_instance_uid, scored.algorithm.version),
+        uids.derived_uid("image-group", scored.result_key),
         "fracscan image finding",
         algorithm_id(scored.algorithm, scored.parameters()),
         finding_sites(p.region, scored.dataset),
@@ -195,7 +195,7 @@ def _image_group(scored: ScoredImage) -> hd.sr.MeasurementsAndQualitativeEvaluat
 def _box_groups(scored: ScoredImage) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     p = scored.prediction
     algorithm = algorithm_id(scored.algorithm, scored.parameters())
-    return box_groups(p.boxes, scored.dataset, algorithm, finding_sites(p.region, scored.dataset), scored.algorithm)
+    return box_groups(p.boxes, scored.dataset, algorithm, finding_sites(p.region, scored.dataset), scored.result_key)
 
 
 def finding_sites(region: str, source: Dataset) -> list[hd.sr.FindingSite]:
@@ -236,9 +236,10 @@ def box_groups(
     source: Dataset,
     algorithm: hd.sr.AlgorithmIdentification,
     sites: list[hd.sr.FindingSite],
-    weights: Algorithm,
+    key: str,
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """TID 1410 per box: the box as a closed polyline on the source image, with its confidence."""
+    """TID 1410 per box: the box as a closed polyline on the source image, with its confidence; `key`
+    (what decides the answer the boxes belong to) makes their tracking UIDs."""
     groups = []
     for number, box in enumerate(boxes, start=1):
         corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1), (box.x0, box.y0)]
@@ -250,7 +251,7 @@ def box_groups(
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uids.derived_uid("box", str(source.SOPInstanceUID), weights.version, str(number)),
+                    uid=uids.derived_uid("box", key, str(number)),
                     identifier=f"fracscan box {number}",
                 ),
                 referenced_region=region,

@@ -25,14 +25,13 @@ from pydicom.sr.codedict import codes
 from fracscan.client.study import StudyPrediction, ViewPrediction
 from fracscan.pacs import sr, uids
 from fracscan.pacs.context import MANUFACTURER, Algorithm
-from fracscan.provenance import Provenance
 
 KIND = "study-sr"
 SERIES_NUMBER = 9104
 VERDICTS = {"definite": "FRACTURE (definite)", "suspicious": "FRACTURE suspected", "negative": "no fracture"}
 
 
-def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: Provenance | None) -> Dataset:
+def build(study: StudyPrediction, views: Sequence[Dataset | None]) -> Dataset:
     """The study SR; `views` are the datasets of `study.views`, in order (None for a view that is not DICOM)."""
     scored = [
         (number, view, ds)
@@ -41,9 +40,13 @@ def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: P
     ]
     if not scored:
         raise ValueError("no scored DICOM view in the study: nothing for a study SR to reference")
-    algorithm = Algorithm.from_provenance(provenance, study)  # type: ignore[arg-type]  # names the model as a Prediction does
+    algorithm = Algorithm.of(study)  # type: ignore[arg-type]  # a study answer names its model as a Prediction does
     first, total = scored[0][2], len(study.views)
     study_uid = str(first.StudyInstanceUID)
+    # what decides the study SR's content: the model (members, thresholds), the rule and operating point, the views
+    model = uids.series_key(algorithm.version, algorithm.thresholds)
+    views_scored = [str(ds.SOPInstanceUID) for _, _, ds in scored]
+    key = "|".join([model, study.rule, repr(study.threshold), study.region, *views_scored])
     parameters = [
         f"rule {study.rule}",
         f"threshold {study.threshold!r}",
@@ -56,7 +59,7 @@ def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: P
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
     groups = [
         sr.measurement_group(
-            uids.derived_uid("study-group", study_uid, algorithm.version),
+            uids.derived_uid("study-group", study_uid, key),
             "fracscan study finding",
             sr.algorithm_id(algorithm, parameters),
             sr.finding_sites(study.region, first),
@@ -71,7 +74,7 @@ def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: P
         sop = str(ds.SOPInstanceUID)
         groups.append(
             sr.measurement_group(
-                uids.derived_uid("view-group", study_uid, sop, algorithm.version),
+                uids.derived_uid("view-group", study_uid, sop, key),
                 f"fracscan view {number}",
                 view_id,
                 sites,
@@ -79,7 +82,7 @@ def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: P
                 (view.score, view.threshold, None),
             )
         )
-        groups.extend(sr.box_groups(view.boxes, ds, view_id, sites, algorithm))
+        groups.extend(sr.box_groups(view.boxes, ds, view_id, sites, f"{key}|{sop}"))
         lines.append(
             f"view {number} of {total}: {VERDICTS.get(view.level, view.level)}, score {view.score:.3f} / "
             f"threshold {view.threshold:.3f}, region {view.region}, {len(view.boxes)} boxes"
@@ -95,9 +98,9 @@ def build(study: StudyPrediction, views: Sequence[Dataset | None], provenance: P
     document = hd.sr.Comprehensive3DSR(
         evidence=[ds for _, _, ds in scored],
         content=report,
-        series_instance_uid=uids.series_uid(KIND, study_uid, algorithm.version),
+        series_instance_uid=uids.series_uid(KIND, study_uid, uids.series_key(algorithm.version, algorithm.thresholds)),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(KIND, study_uid, algorithm.version),
+        sop_instance_uid=uids.instance_uid(KIND, study_uid, key),
         instance_number=1,  # one study SR per study and weights
         manufacturer=MANUFACTURER,
         is_complete=True,

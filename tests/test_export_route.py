@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from fracscan import provenance
 from fracscan.server import DEMO_REPOSITORY, free_port
 
 FRACSCAN = [sys.executable, "-m", "fracscan.cli"]
+VENV_BIN = str(Path(sys.executable).parent)
 DEMO_HEAD = (ROOT / "demo" / "demo.toml").read_text().split("[[members]]")[0]
 
 
@@ -45,6 +47,62 @@ def save_checkpoint(path: Path, name: str, arch: str, seed: int, **fields) -> No
 
 def temp_files(folder: Path) -> list[Path]:
     return list(folder.rglob(".fracscan-tmp-*"))
+
+
+@pytest.mark.torch
+def test_worked_example_in_docs_runs_as_written(tmp_path, server):
+    """docs/spec.md's shell blocks, in order, in an empty folder; only the ports are replaced (8000-8002 may be taken).
+
+    The serving block runs twice: first on the ports of a demo server that is still running (it must
+    fail, naming the demo, and write no results), then on free ports.
+    """
+    pytest.importorskip("torch")
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "spec.md").read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    out = run_script("\n".join(blocks[:-1]), tmp_path)
+    assert "all 2 members of 'my_ensemble' load" in out and "Traceback" not in out
+    assert re.search(r"\[1/2\] member_00 d22_plain_map: exported from checkpoint .* parity max", out)
+
+    busy = (server.http_port, server.grpc_port, server.metrics_port)  # the demo still serves there
+    with pytest.raises(AssertionError) as refused:
+        run_script(blocks[-1], tmp_path, busy)
+    assert "serves demo@" in str(refused.value) and "build/my_repo" in str(refused.value)
+    assert not (tmp_path / "results.csv").exists()  # not filled by the demo
+
+    out = run_script(blocks[-1], tmp_path, (free_port(), free_port(), free_port()))
+    assert "UNCALIBRATED thresholds" in out  # export, serve and predict say so
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",ok," in row and ",my_ensemble," in row for row in rows[1:]), rows
+
+
+def run_script(script: str, cwd: Path, ports: tuple[int, int, int] | None = None) -> str:
+    """Run shell blocks with `set -euo pipefail`, ports 8000-8002 replaced; the output, or AssertionError with it."""
+    ports = ports or (free_port(), free_port(), free_port())
+    for default, port in zip(("8000", "8001", "8002"), ports, strict=True):
+        script = script.replace(default, str(port))
+    env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.Popen(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=cwd,
+        env=env,
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        with_group_killed(proc)
+    assert proc.returncode == 0, out
+    return out
+
+
+def with_group_killed(proc: subprocess.Popen) -> None:
+    """Nothing the script started outlives the test (the server it put in the background included)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 @pytest.mark.torch

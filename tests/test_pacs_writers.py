@@ -22,10 +22,10 @@ from conftest import EXAMPLES
 from pydicom.uid import generate_uid
 
 from fracscan.client import FracScanClient, overlay
-from fracscan.pacs import sc, uids
+from fracscan.pacs import sc
 from fracscan.pacs.context import ScoredImage
 from fracscan.pacs.results import build_results, skip_reason, write_results
-from fracscan.provenance import Provenance
+from fracscan.provenance import ModelIdentity
 
 PHI = {
     "PatientName": "QUIXOTE^ALONSO",
@@ -159,25 +159,32 @@ def scored(server, tmp_path_factory) -> tuple[bytes, object]:
     return path.read_bytes(), prediction
 
 
-DEMO = Provenance(spec="demo", demo=True, calibrated=True, member_hashes=("1" * 64, "2" * 64))
-CLINICAL = Provenance(spec="wrist-v3", calibrated=True, member_hashes=("3" * 64,))
+DEMO = ModelIdentity("demo", "1" * 16, "a" * 16, ("demo",))
+CLINICAL = ModelIdentity("wrist-v3", "3" * 16, "b" * 16)
+
+
+def answered_by(prediction, identity: ModelIdentity, **changes):
+    return dataclasses.replace(prediction, model_identity=identity, **changes)
+
+
+def results_of(data: bytes, prediction, identity: ModelIdentity, **changes):
+    return build_results(data, answered_by(prediction, identity, **changes))
 
 
 def test_result_uids_are_deterministic_per_source_and_weights(scored):
     data, prediction = scored
-    first, again = build_results(data, prediction, DEMO), build_results(data, prediction, DEMO)
+    first, again = results_of(data, prediction, DEMO), results_of(data, prediction, DEMO)
     assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in again]
     assert [d.SeriesInstanceUID for d in first] == [d.SeriesInstanceUID for d in again]
-    other_weights = build_results(data, prediction, CLINICAL)
+    other_weights = results_of(data, prediction, CLINICAL)
     assert not {d.SOPInstanceUID for d in first} & {d.SOPInstanceUID for d in other_weights}
-    assert first[0].SOPInstanceUID == uids.instance_uid(
-        "sr", str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID), DEMO.members_hash
-    )
+    source_uid = str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+    assert all(d.SOPInstanceUID != source_uid for d in first)
 
 
 def test_clinical_weights_carry_no_demo_flag_and_name_the_algorithm(scored, tmp_path):
     data, prediction = scored
-    paths = write_results(tmp_path, data, prediction, CLINICAL)
+    paths = write_results(tmp_path, data, answered_by(prediction, CLINICAL))
     sr = hd.sr.srread(paths[0])
     assert "DEMO" not in sr.SeriesDescription and "RANDOM" not in sr.SeriesDescription
     (group,) = sr.content.get_image_measurement_groups()
@@ -185,18 +192,20 @@ def test_clinical_weights_carry_no_demo_flag_and_name_the_algorithm(scored, tmp_
     (name,) = items.find(hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"))
     assert name.value == "wrist-v3"
     (version,) = items.find(hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"))
-    assert version.value == CLINICAL.members_hash
+    assert version.value == CLINICAL.members
     parameters = [item.value for item in items.find(hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters"))]
     assert f"threshold {prediction.threshold!r}" in parameters and not any("DEMO" in p for p in parameters)
-    random = Provenance(spec="sizing", random_weights=True, member_hashes=("4" * 64,))
-    assert "RANDOM WEIGHTS" in build_results(data, prediction, random)[0].SeriesDescription
+    assert "model wrist-v3@" + "3" * 16 + "/" + "b" * 16 in parameters
+    random = ModelIdentity("sizing", "4" * 16, "c" * 16, ("random_weights", "uncalibrated"))
+    description = results_of(data, prediction, random)[0].SeriesDescription
+    assert "RANDOM WEIGHTS" in description and "UNCALIBRATED" in description
 
 
 def test_gsps_puts_suspicious_and_definite_on_separate_coloured_layers(scored):
     data, prediction = scored
     layers = {}
     for level in ("suspicious", "definite"):
-        gsps = build_results(data, dataclasses.replace(prediction, level=level), DEMO)[1]
+        gsps = results_of(data, prediction, DEMO, level=level)[1]
         names = {
             layer.GraphicLayer: tuple(layer.GraphicLayerRecommendedDisplayCIELabValue)
             for layer in gsps.GraphicLayerSequence
@@ -206,8 +215,7 @@ def test_gsps_puts_suspicious_and_definite_on_separate_coloured_layers(scored):
         layers[level] = (boxes[0].GraphicLayer, names[boxes[0].GraphicLayer])
     assert layers["suspicious"][0] != layers["definite"][0]
     assert layers["suspicious"][1] != layers["definite"][1]
-    negative = dataclasses.replace(prediction, level="negative", fracture=False, boxes=())
-    gsps = build_results(data, negative, DEMO)[1]
+    gsps = results_of(data, prediction, DEMO, level="negative", fracture=False, boxes=())[1]
     assert all("GraphicObjectSequence" not in a for a in gsps.GraphicAnnotationSequence)
 
 
@@ -216,7 +224,7 @@ def test_sc_draws_definite_solid_and_suspicious_dashed_with_a_demo_banner(scored
     box = prediction.boxes[0]
     edge_rows = {}
     for level in ("definite", "suspicious"):
-        image = np.asarray(sc.render(ScoredImage.make(data, dataclasses.replace(prediction, level=level), DEMO)))
+        image = np.asarray(sc.render(ScoredImage.make(data, answered_by(prediction, DEMO, level=level))))
         colour = np.array(overlay.COLOURS[level])
         y = min(round(box.y1), image.shape[0] - 4)
         band = image[y - 3 : y + 4, int(box.x0) + 3 : int(box.x1) - 3]  # the bottom edge, corners left out
@@ -225,13 +233,13 @@ def test_sc_draws_definite_solid_and_suspicious_dashed_with_a_demo_banner(scored
         assert np.mean(np.all(np.abs(banner.astype(int) - np.array(sc.BANNER_COLOUR)) < 8, axis=1)) > 0.5
     assert edge_rows["definite"].mean() > 0.95  # solid
     assert 0.3 < edge_rows["suspicious"].mean() < 0.8  # dashed
-    clinical = np.asarray(sc.render(ScoredImage.make(data, prediction, CLINICAL)))
+    clinical = np.asarray(sc.render(ScoredImage.make(data, answered_by(prediction, CLINICAL))))
     assert not np.all(np.abs(clinical[-4].astype(int) - np.array(sc.BANNER_COLOUR)) < 8, axis=1).mean() > 0.5
 
 
 def test_non_images_and_own_results_are_not_scored(scored):
     data, prediction = scored
-    sr, gsps, capture = build_results(data, prediction, DEMO)
+    sr, gsps, capture = results_of(data, prediction, DEMO)
     assert skip_reason(sr) == skip_reason(gsps) == skip_reason(capture) == "a fracscan result"
     sr.Manufacturer = "another vendor"
     assert skip_reason(sr).startswith("not an image: SOP Class 'Comprehensive 3D SR Storage', Modality SR")

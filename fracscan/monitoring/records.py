@@ -9,7 +9,6 @@ is counted as undated, never placed in a guessed window.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fracscan.acquisition import Acquisition
+from fracscan.provenance import thresholds_hash
 
 UNKNOWN_IDENTITY = "unknown"
 ALL = "all"  # the pooled region
@@ -172,7 +172,7 @@ def read_verdicts(path: str | Path) -> dict[str, Verdict]:
 class CalibrationBaseline:
     """A thresholds.json's record of its tuning split, per region: count, quantiles, positive rates."""
 
-    thresholds_hash: str  # sha256 of the file's bytes, first 16 hex digits
+    thresholds_hash: str  # fracscan.provenance.thresholds_hash: the identity's `model_thresholds` of this file
     target_sensitivity: float | None
     regions: dict[str, dict[str, Any]]
 
@@ -199,7 +199,7 @@ def read_baseline(path: str | Path) -> list[Record] | CalibrationBaseline:
             "re-run `fracscan calibrate`, or give result rows as the baseline"
         )
     return CalibrationBaseline(
-        hashlib.sha256(data).hexdigest()[:16],
+        thresholds_hash(raw),  # as the model identity names the thresholds a server applies
         (raw.get("provenance") or {}).get("target_sensitivity"),
         distribution["regions"],
     )
