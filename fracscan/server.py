@@ -14,8 +14,9 @@ environment, the python backend works once three facts hold, and this module see
 
 The server is locked down (`RESTRICTED_APIS`: registering system shared memory, changing the log and
 trace settings need a header whose value is a random key made per start, so nobody has it) unless
-`allow_apis` opens them; started from the main thread, it dies with its Python process (PR_SET_PDEATHSIG); a start
-removes the /dev/shm regions that a killed earlier server left behind.
+`allow_apis` opens them; it never outlives the Python process that started it, however that ends and from
+whichever thread it was started (fracscan.watchdog); a start removes the /dev/shm regions that a killed
+earlier server left behind.
 
 `DEMO_REPOSITORY` is the committed demo repository of a source checkout; an installed wheel does
 not include it, so starting on a repository that does not exist fails with a message that names
@@ -25,7 +26,6 @@ the path and says to pass one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib.metadata
 import os
@@ -37,14 +37,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from fracscan import procfs, watchdog
 from fracscan.pipeline import EnsembleRepository
 from fracscan.ports import require_free_ports
 
@@ -53,13 +52,13 @@ DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
 OLCZAK_DEMO_REPOSITORY = PROJECT_ROOT / "model_repository_olczak"  # the Olczak et al. 2017 system's DEMO
 SHM_DIR = Path("/dev/shm")  # where the python backend keeps its shared-memory regions
 SHM_PREFIX = re.compile(r"fracscan_(\d+)_\d+_")  # our regions: fracscan_<owner pid>_<http port>_<uuid>
+_MAPPED_REGION = re.compile(r"/dev/shm/(fracscan_\S+)")
 # APIs refused without the admin header: anyone who reaches the port could otherwise make the server
 # read inputs from / write outputs into any /dev/shm name, or change what it logs. `model-repository`
 # stays open: model control is `none` (no load / unload), and the SDK's health check reads its index.
 RESTRICTED_APIS = ("shared-memory", "logging", "trace")
 ADMIN_HEADER = "fracscan-admin-key"  # gRPC clients send it as metadata triton-grpc-protocol-fracscan-admin-key
 STUB_COMM = "triton_python_b"  # /proc/<pid>/comm of triton_python_backend_stub (the kernel keeps 15 characters)
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -106,31 +105,15 @@ class StubProcess:
     running: bool  # False: exited (a zombie nobody reaps)
 
 
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
 def stub_processes(server_pid: int) -> dict[int, StubProcess]:
-    """The python stubs tritonserver `server_pid` started, from /proc (children of each of its threads)."""
-    children: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{server_pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children.update(int(c) for c in (task / "children").read_text().split())
+    """The python stubs tritonserver `server_pid` started (children of each of its threads)."""
     stubs = {}
-    for pid in children:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
-                continue
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # exited and reaped meanwhile
+    for pid in procfs.children(server_pid):
+        if procfs.comm(pid) != STUB_COMM:
+            continue
+        argv = procfs.cmdline(pid)
         model = Path(os.fsdecode(argv[1])).parts[-3] if len(argv) > 1 and argv[1].endswith(b"model.py") else ""
-        stubs[pid] = StubProcess(pid, model, _proc_state(pid) not in (None, "Z", "X"))
+        stubs[pid] = StubProcess(pid, model, procfs.running(pid))
     return stubs
 
 
@@ -142,11 +125,11 @@ def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
     stale = []
     for region in shm_dir.glob("fracscan_*"):
         match = SHM_PREFIX.match(region.name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
+        if match and procfs.state(int(match.group(1))) is None:
             stale.append(region)
     if not stale:
         return []
-    mapped = _mapped_shm_names()
+    mapped = procfs.mapped_files(_MAPPED_REGION)
     removed = []
     for region in stale:
         if region.name not in mapped:
@@ -154,31 +137,6 @@ def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
                 region.unlink()
                 removed.append(region.name)
     return removed
-
-
-def _mapped_shm_names() -> set[str]:
-    names: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            names.update(m.group(1) for m in re.finditer(r"/dev/shm/(fracscan_\S+)", maps.read_text()))
-    return names
-
-
-def _die_with_parent_hook() -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the thread that started it ends (even by SIGKILL).
-
-    prctl is looked up here, before the fork, so the child only calls it; a parent already gone
-    by then (the race the man page describes) ends the child at once.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 def free_port() -> int:
@@ -236,10 +194,9 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
 class EmbeddedServer:
     """Start/stop `tritonserver` on a repository; a context manager.
 
-    Ports default to free ones. The server runs in its own process group, so stopping it
-    also stops every python stub it started (no stray processes). Started from the main thread it
-    also dies with this process however that ends (the kernel ties PR_SET_PDEATHSIG to the starting
-    thread, so a server started from a worker thread, which may end first, does not get it).
+    Ports default to free ones. The server runs in the process group of its watchdog (fracscan.watchdog),
+    so stopping it also stops every python stub it started (no stray processes), and the watchdog ends
+    them all when this process ends, however it ends and whichever thread started the server.
     `allow_apis`: which of RESTRICTED_APIS to leave open. Stop and start again to restart on the same ports.
     """
 
@@ -255,6 +212,7 @@ class EmbeddedServer:
     allow_apis: tuple[str, ...] = ()
     exit_timeout_s: int = 10  # Triton's wait for requests in flight at SIGTERM
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False)  # leads the server's group
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).resolve()
@@ -319,18 +277,22 @@ class EmbeddedServer:
         require_free_ports(self.host, http=self.http_port, grpc=self.grpc_port, metrics=self.metrics_port)
         remove_stale_regions()
         self.admin_key = secrets.token_hex(16)  # a new one per start: a key seen in a process list dies with it
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        # The log is closed here once the child has started: it keeps its own copy of the descriptor.
-        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                env=self.environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent_hook() if on_main_thread else None,
-            )
+        command, env = self.command(), self.environment()
+        self.watchdog = watchdog.spawn()
+        try:
+            # The log is closed here once the child has started: it keeps its own copy of the descriptor.
+            with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
+                self.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    process_group=self.watchdog.pid,  # set before exec: no moment without a watchdog
+                )
+        except OSError as exc:
+            self.stop()
+            raise ServerError(f"tritonserver could not be started: {exc}") from None
         try:
             self.wait_until_ready(timeout)
         except BaseException:
@@ -364,10 +326,8 @@ class EmbeddedServer:
         The process stays recorded until it is gone, so an interrupted stop can be repeated.
         """
         proc = self.process
-        if proc is None:
-            return
         try:
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 if not force and all(stub.running for stub in self.stubs().values()):
                     proc.terminate()  # tritonserver unloads the models and stops its python stubs
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -375,11 +335,26 @@ class EmbeddedServer:
                 proc.kill()
                 proc.wait()
         finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
+            self._end_group()
             for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
                 region.unlink(missing_ok=True)
             self.process = None
+
+    def _end_group(self) -> None:
+        """SIGKILL whatever is left of the server's group (stubs, the watchdog), then reap the watchdog.
+
+        The group is signalled before the watchdog is reaped: until then its PID, the group's ID, cannot
+        be given to another process.
+        """
+        dog = self.watchdog
+        if dog is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(dog.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            dog.stdin.close()  # type: ignore[union-attr]
+        dog.wait()
+        self.watchdog = None
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
