@@ -43,7 +43,7 @@ from pathlib import Path
 
 import httpx
 
-from fracscan import procfs, watchdog
+from fracscan import procfs, settings, watchdog
 from fracscan.pipeline import EnsembleRepository
 from fracscan.ports import require_free_ports
 
@@ -177,7 +177,7 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
     stub = root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {version}")
-    cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fracscan"
+    cache_dir = cache_dir or settings.current().cache_home / "fracscan"
     target = cache_dir / backends_dir_name(root, version)
     if not (target / "python" / "triton_python_backend_stub").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +266,7 @@ class EmbeddedServer:
         libs = _pytriton_root().parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["FRACSCAN_ORT_THREADS"] = str(self.ort_threads)
+        env[settings.ORT_THREADS_ENV] = str(self.ort_threads)
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
