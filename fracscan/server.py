@@ -43,6 +43,7 @@ from pathlib import Path
 
 import httpx
 
+from fracscan import contract as c
 from fracscan import procfs, settings, watchdog
 from fracscan.pipeline import EnsembleRepository
 from fracscan.ports import require_free_ports
@@ -94,6 +95,55 @@ def restricted_api_args(allow: tuple[str, ...] | list[str], key: str) -> list[st
         f"--http-restricted-api={restricted}:{ADMIN_HEADER}={key}",
         f"--grpc-restricted-protocol={restricted}:{ADMIN_HEADER}={key}",
     ]
+
+
+# Python-backend tensors travel through /dev/shm: start large enough for a batch of 8 pre-processed
+# frames at S = 1024 (8 x 8 MiB) and grow in the same big steps (Triton's defaults are 1 MiB).
+SHM_BYTES = 64 * 1024 * 1024
+
+
+def tritonserver_command(
+    repository: Path | str,
+    *,
+    admin_key: str,
+    allow_apis: tuple[str, ...] | list[str] = (),
+    http_port: int = c.HTTP_PORT,
+    grpc_port: int = c.GRPC_PORT,
+    metrics_port: int = c.METRICS_PORT,
+    shm_bytes: int = SHM_BYTES,
+    shm_growth_bytes: int | None = None,
+    binary: str = "tritonserver",
+    host: str | None = None,
+    backend_dir: Path | None = None,
+    shm_prefix: str | None = None,
+    exit_timeout_s: int | None = None,
+) -> list[str]:
+    """The tritonserver command line fracscan serves with: the embedded server's (EmbeddedServer.command) and
+    the container's (docker/entrypoint.sh prints it with `python -m fracscan.server --command`).
+
+    Models are fixed at start (no model control), the server is ready only once every model is, a model
+    that fails to load stops it, and RESTRICTED_APIS but `allow_apis` need header ADMIN_HEADER = `admin_key`.
+    `host` None listens on every address; `backend_dir`, `shm_prefix`, `exit_timeout_s` None keep Triton's.
+    """
+    args = [
+        binary,
+        f"--model-repository={repository}",
+        *([f"--backend-directory={backend_dir}"] if backend_dir is not None else []),
+        "--model-control-mode=none",  # no remote load/unload
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        *([f"--http-address={host}", f"--grpc-address={host}"] if host is not None else []),
+        "--allow-metrics=true",
+        *([f"--exit-timeout-secs={exit_timeout_s}"] if exit_timeout_s is not None else []),
+        f"--backend-config=python,shm-default-byte-size={shm_bytes}",
+        f"--backend-config=python,shm-growth-byte-size={shm_bytes if shm_growth_bytes is None else shm_growth_bytes}",
+        *([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"] if shm_prefix is not None else []),
+        *restricted_api_args(allow_apis, admin_key),
+    ]
+    return args
 
 
 @dataclass(frozen=True)
@@ -207,7 +257,7 @@ class EmbeddedServer:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     ort_threads: int = 1
-    shm_bytes: int = 64 * 1024 * 1024
+    shm_bytes: int = SHM_BYTES
     extra_args: list[str] = field(default_factory=list)
     allow_apis: tuple[str, ...] = ()
     exit_timeout_s: int = 10  # Triton's wait for requests in flight at SIGTERM
@@ -238,26 +288,21 @@ class EmbeddedServer:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
-        root = _pytriton_root()
         return [
-            str(root / "tritonserver" / "bin" / "tritonserver"),
-            f"--model-repository={self.repository}",
-            f"--backend-directory={prepare_backends()}",
-            f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-port={self.metrics_port}",
-            f"--http-address={self.host}",
-            f"--grpc-address={self.host}",
-            "--model-control-mode=none",  # no remote load/unload
-            "--strict-readiness=true",
-            "--exit-on-error=true",
-            f"--exit-timeout-secs={self.exit_timeout_s}",
-            *restricted_api_args(self.allow_apis, self.admin_key),
-            # Python-backend tensors travel through /dev/shm: start large enough for a batch
-            # of 8 pre-processed frames at S = 1024 (8 x 8 MiB) and grow in big steps.
-            f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
-            f"--backend-config=python,shm-growth-byte-size={self.shm_bytes}",
-            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *tritonserver_command(
+                self.repository,
+                admin_key=self.admin_key,
+                allow_apis=self.allow_apis,
+                http_port=self.http_port,
+                grpc_port=self.grpc_port,
+                metrics_port=self.metrics_port,
+                shm_bytes=self.shm_bytes,
+                binary=str(_pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
+                host=self.host,
+                backend_dir=prepare_backends(),
+                shm_prefix=self.shm_prefix,
+                exit_timeout_s=self.exit_timeout_s,
+            ),
             *self.extra_args,
         ]
 
@@ -361,3 +406,42 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fracscan.server --command ...`: print tritonserver_command, one argument a line (exit 2 on a
+    bad setting, naming it). docker/entrypoint.sh runs it, so a container serves with the same command line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fracscan.server", description=main.__doc__)
+    parser.add_argument("--command", action="store_true", required=True, help="print the command line")
+    parser.add_argument("--repository", required=True)
+    parser.add_argument("--allow-api", default="", help=f"comma-separated, of {','.join(RESTRICTED_APIS)}")
+    parser.add_argument("--http-port", type=int, default=c.HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=c.GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=c.METRICS_PORT)
+    parser.add_argument("--shm-default-bytes", type=int, default=SHM_BYTES)
+    parser.add_argument("--shm-growth-bytes", type=int, default=SHM_BYTES)
+    args = parser.parse_args(argv)
+    allowed = tuple(a.strip() for a in args.allow_api.split(",") if a.strip())
+    try:
+        command = tritonserver_command(
+            args.repository,
+            admin_key=secrets.token_hex(16),  # a new one per start, written nowhere
+            allow_apis=allowed,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            shm_bytes=args.shm_default_bytes,
+            shm_growth_bytes=args.shm_growth_bytes,
+        )
+        if any("\n" in arg for arg in command):
+            raise ValueError("an argument of the tritonserver command holds a line break")
+    except ValueError as exc:
+        print(f"fracscan: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(command))
+
+
+if __name__ == "__main__":
+    main()
