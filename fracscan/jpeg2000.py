@@ -98,7 +98,7 @@ def decode_at_level(data: bytes, header: CodestreamHeader, level: int) -> NDArra
     through Image.open, whose own check reads Pillow's process-wide MAX_IMAGE_PIXELS (the application's).
     """
     with Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(data)) as img:
-        img.reduce = level  # type: ignore[assignment,method-assign]  # Pillow's Jpeg2KImageFile attribute
+        img.reduce = level  # Pillow's Jpeg2KImageFile attribute
         img.load()
         mode, arr = img.mode, np.asarray(img)
     if arr.ndim != 2 or mode not in ("L", "I;16"):
