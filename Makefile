@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-fast lint bench soak demo-rebuild demo-olczak-rebuild serve install-export system-deps pacs-deps clean
+.PHONY: demo test test-fast lint bench bench-gpu soak demo-rebuild demo-olczak-rebuild serve install-export system-deps pacs-deps clean
 
 # The Triton python-backend stub links the system libpython of the same version: all the demo needs.
 LIBPYTHON = libpython$$($(PYTHON) -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -75,6 +75,14 @@ lint: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py
+
+# The GPU run, on a machine with an NVIDIA GPU and a CUDA build of torch (refuses with exit 2 without):
+# each member's FP32 and FP16 latency and TFLOP/s against the GPU's peak, the FP16-vs-FP32 decision flips
+# on the demo test split and the normalize graph on CUDA (both with onnxruntime-gpu and onnxconverter-common),
+# nvImageCodec's JPEG 2000 decode when installed; ONE JSON report in $(BENCH_GPU_REPORT).
+BENCH_GPU_REPORT ?= benchmarks/gpu_report.json
+bench-gpu: $(VENV)/.test
+	$(PY) benchmarks/bench_gpu.py --report $(BENCH_GPU_REPORT)
 
 # Faults under load: 200 good and bad inputs through a supervised `fracscan serve` while a python stub,
 # then tritonserver, is killed; every input must be answered exactly once after --resume (1-2 minutes).

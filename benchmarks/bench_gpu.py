@@ -18,6 +18,11 @@ comes from a small table of NVIDIA datasheet figures (dense, no sparsity) keyed 
 name, or from --peak-tflops. Without a CUDA GPU it stops with exit code 2 and says why.
 
 The table goes to stdout, then, as the LAST line, one JSON object with every figure.
+
+`make bench-gpu` runs `bench_gpu.py --report benchmarks/gpu_report.json` (torch with CUDA needed; it refuses
+with exit code 2 otherwise): every member in FP32 and FP16 (torch), then the checks of bench_gpu_checks.py
+(the FP16-vs-FP32 decision flips on the demo test split, the normalize graph on CUDA against numpy,
+nvImageCodec's decode when installed), all in that ONE JSON file.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("T4", {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0}),  # no TF32 on Turing: fp32 runs on CUDA cores
     ("V100", {"fp32": 15.7, "tf32": 15.7, "fp16": 125.0}),
 ]
+
+
+NO_CUDA_FOR_REPORT = (
+    "--report needs torch with CUDA: torch.cuda.is_available() is False here (no NVIDIA GPU and driver, "
+    "or a CPU build of torch); nothing was measured and no report was written"
+)
 
 
 class NoGpu(RuntimeError):
@@ -215,6 +226,73 @@ def time_runner(run, sync, min_seconds: float, min_iters: int = 5) -> tuple[floa
     return (time.perf_counter() - start) / iters, iters
 
 
+def time_members(spec, repo, runtime: str, precision: str, batches: list[int], seconds: float, device: str, peak):
+    """One row per (member, batch): latency, images/s, achieved TFLOP/s and its share of `peak`."""
+    from fracscan.export.flops import member_cost
+
+    rows = []
+    size = spec.preprocess.size
+    for i, member in enumerate(spec.members):
+        flops = member_cost(member, size).flops
+        for batch in batches:
+            if runtime == "ort":
+                run, sync = ort_runner(repo.member_onnx(i), size, batch, precision, device)
+            else:
+                run, sync = torch_runner(member, size, batch, precision, device)
+            per_batch, iters = time_runner(run, sync, seconds)
+            tflops = flops * batch / per_batch / 1e12
+            rows.append(
+                {
+                    "member": spec.member_model_name(i),
+                    "name": member.name,
+                    "precision": precision,
+                    "batch": batch,
+                    "gflops_per_image": flops / 1e9,
+                    "ms_per_batch": per_batch * 1000,
+                    "iters": iters,
+                    "images_per_s": batch / per_batch,
+                    "tflops": tflops,
+                    "percent_of_peak": 100 * tflops / peak if peak else None,
+                }
+            )
+            print(
+                f"  {spec.member_model_name(i)} {precision} batch {batch}: {per_batch * 1000:.2f} ms, "
+                f"{tflops:.2f} TFLOP/s",
+                file=sys.stderr,
+            )
+    return rows
+
+
+def report(args, spec, repo, batches: list[int]) -> int:
+    """`make bench-gpu`: members in FP32 and FP16 on torch, then the checks; ONE JSON file at args.report."""
+    import bench_gpu_checks as checks
+
+    device = "cpu" if args.cpu_dry_run else "cuda"
+    info = device_info("torch") if not args.cpu_dry_run else {"runtime": "torch", "name": "CPU (dry run)"}
+    members, peaks = [], {}
+    for precision in ("fp32", "fp16"):
+        peak, basis = peak_for(info.get("name"), precision, None)
+        peaks[precision] = {"tflops": peak, "basis": basis}
+        if precision == "fp16" and args.cpu_dry_run:
+            continue  # fp16 convolutions are a GPU matter
+        members += time_members(spec, repo, "torch", precision, batches, args.seconds, device, peak)
+    document = {
+        "device": info,
+        "spec": spec.name,
+        "size": spec.preprocess.size,
+        "peak_tflops": peaks,
+        "members": members,
+        "decision_flips_fp16_vs_fp32": checks.decision_flips(args.repository, device),
+        "normalize_cuda_vs_numpy": checks.normalize(spec, device),
+        "nvimgcodec_decode": checks.nvimgcodec_decode() if not args.cpu_dry_run else {"skipped": "dry run on CPU"},
+        "dry_run_on_cpu": args.cpu_dry_run,
+    }
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"bench_gpu: report written to {args.report}", file=sys.stderr)
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -236,8 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the GPU's peak for --precision (default: datasheet table)"
     )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="run everything `make bench-gpu` measures and write ONE JSON file"
+    )
     parser.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)  # exercises the code paths on CPU
     args = parser.parse_args(argv)
+    if args.report is not None and not args.cpu_dry_run and not torch_has_cuda():
+        print(f"bench_gpu: {NO_CUDA_FOR_REPORT}", file=sys.stderr)
+        return 2
 
     try:
         runtime = "torch" if args.cpu_dry_run and args.runtime == "auto" else args.runtime
@@ -264,41 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
 
     try:
-        from fracscan.export.flops import member_cost
+        import fracscan.export.flops  # noqa: F401  (torch.utils.flop_counter)
     except ImportError:
         print("bench_gpu: counting FLOPs needs torch (pip install torch) - the export extra", file=sys.stderr)
         return 2
+    if args.report is not None:
+        return report(args, spec, repo, batches)
     info = device_info(runtime) if not args.cpu_dry_run else {"runtime": runtime, "name": "CPU (dry run)"}
     peak, peak_basis = peak_for(info.get("name"), args.precision, args.peak_tflops)
 
-    rows = []
     try:
-        for i, member in enumerate(spec.members):
-            flops = member_cost(member, size).flops
-            for batch in batches:
-                if runtime == "ort":
-                    run, sync = ort_runner(repo.member_onnx(i), size, batch, args.precision, device)
-                else:
-                    run, sync = torch_runner(member, size, batch, args.precision, device)
-                seconds, iters = time_runner(run, sync, args.seconds)
-                tflops = flops * batch / seconds / 1e12
-                rows.append(
-                    {
-                        "member": spec.member_model_name(i),
-                        "name": member.name,
-                        "batch": batch,
-                        "gflops_per_image": flops / 1e9,
-                        "ms_per_batch": seconds * 1000,
-                        "iters": iters,
-                        "images_per_s": batch / seconds,
-                        "tflops": tflops,
-                        "percent_of_peak": 100 * tflops / peak if peak else None,
-                    }
-                )
-                print(
-                    f"  {spec.member_model_name(i)} batch {batch}: {seconds * 1000:.2f} ms, {tflops:.2f} TFLOP/s",
-                    file=sys.stderr,
-                )
+        rows = time_members(spec, repo, runtime, args.precision, batches, args.seconds, device, peak)
     except NoGpu as exc:
         print(f"bench_gpu: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fracscan import procfs  # noqa: E402
 from fracscan.demo.synthetic import make_case, png_bytes  # noqa: E402
 from fracscan.server import free_port, stub_processes  # noqa: E402
 
@@ -100,10 +101,9 @@ class Serve:
         return time.monotonic() - started
 
     def tritonserver(self) -> int:
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                if Path(f"/proc/{child}/comm").read_text().strip() == "tritonserver":
-                    return int(child)
+        for child in procfs.children(self.process.pid):
+            if procfs.comm(child) == "tritonserver":
+                return child
         raise SystemExit("soak: no tritonserver under fracscan serve")
 
     def inject(self, what: str, pid: int, after_rows: int) -> Fault:

@@ -8,31 +8,21 @@ dead stubs of the local server that listens on the URL's port (for exec probes i
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
 from typing import Annotated, Any
 
-import numpy as np
 import typer
-from PIL import Image
 from rich.markup import escape
 from rich.table import Table
 
 from fracscan import contract as c
+from fracscan import procfs
 from fracscan.cli.console import fail, out, show_provenance
 from fracscan.client import FracScanClient, FracScanError
-from fracscan.supervise import dead_stubs, listening_pid, tritonserver_pids
-
-
-def probe_png(size: int = 64) -> bytes:
-    """A small 8-bit gradient PNG: decodable, not blank, cheap to score; the same bytes every time."""
-    ramp = np.linspace(16, 240, size, dtype=np.float32)
-    pixels = (ramp[None, :] * 0.6 + ramp[:, None] * 0.4).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+from fracscan.probe import probe_png
+from fracscan.supervise import dead_stubs
 
 
 def deep_check(url: str, timeout: float) -> dict[str, Any]:
@@ -51,10 +41,10 @@ def deep_check(url: str, timeout: float) -> dict[str, Any]:
 def local_dead_stubs(url: str) -> list[str]:
     """Problems with the local tritonserver listening on each URL's port: missing, or dead stubs (none: [])."""
     problems = []
-    servers = tritonserver_pids()
+    servers = procfs.named("tritonserver")
     for one in c.split_urls(url):
         port = c.parse_server_url(one).port
-        pid = listening_pid(port, servers)
+        pid = procfs.listening_pid(port, servers)
         if pid is None:
             problems.append(f"{one}: no local tritonserver listens on port {port}")
             continue

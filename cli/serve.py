@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fracscan import contract as c
-from fracscan import provenance
+from fracscan import provenance, supervise
 from fracscan.cli.console import fail, note, show_provenance, warn
 from fracscan.server import DEMO_REPOSITORY, RESTRICTED_APIS, EmbeddedServer, ServerError
 from fracscan.supervise import Stopped, Supervisor, stop_on_signals
@@ -31,12 +31,24 @@ def serve(
     max_restarts: Annotated[
         int, typer.Option(min=0, help="Restarts after faults allowed within 10 minutes before giving up (exit 2).")
     ] = 5,
+    probe_every: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds between probes (readiness and a tiny inference); 0: no probes."),
+    ] = supervise.PROBE_EVERY_S,
+    probe_deadline: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a probe may take before it counts as missed.")
+    ] = supervise.PROBE_DEADLINE_S,
+    probe_misses: Annotated[
+        int, typer.Option(min=1, help="Probes missed in a row that make the supervisor restart the server.")
+    ] = supervise.PROBE_MISSES,
 ) -> None:
     """Start the embedded CPU Triton server on a model repository (the demo one by default).
 
-    A supervisor checks every second that the server and each of its python stubs still run and
-    restarts the server (same ports) when one died. Runs until Ctrl-C or SIGTERM, then shuts the
-    server down; it never outlives this command, even a SIGKILLed one.
+    A supervisor checks every second that the server and each of its python stubs still run, and every
+    --probe-every seconds that it answers (readiness and a tiny inference within --probe-deadline); it
+    restarts the server (same ports) when a process died or --probe-misses probes in a row missed.
+    Runs until Ctrl-C or SIGTERM, then shuts the server down; it never outlives this command, even a
+    SIGKILLed one (a watchdog process ends the server and its stubs).
     """
     allowed = tuple(a.strip() for a in allow_api.split(",") if a.strip())
     try:
@@ -52,7 +64,14 @@ def serve(
         )
     except ValueError as exc:
         fail(str(exc))
-    supervisor = Supervisor(server, max_restarts=max_restarts, report=warn)
+    supervisor = Supervisor(
+        server,
+        max_restarts=max_restarts,
+        probe_every_s=probe_every,
+        probe_deadline_s=probe_deadline,
+        probe_misses=probe_misses,
+        report=warn,
+    )
     with stop_on_signals():
         try:
             note(f"Starting tritonserver on {repository} ...")

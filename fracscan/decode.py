@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import IO, Any, cast
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import ImageFile, Jpeg2KImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.filereader import read_dataset, read_preamble
@@ -40,7 +39,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from fracscan import jpeg2000
+from fracscan import jpeg2000, settings
 from fracscan.dicom_attributes import dicom_error_reason, instance_uids, region_terms, stated_labels
 
 __all__ = [
@@ -62,12 +61,6 @@ _FIRST_PIXEL_TAG = 0x7FE00008  # FloatPixelData; DoubleFloatPixelData and PixelD
 DEFLATED_HEADER_LIMIT = 16 << 20
 DEFLATED_TRAILER_SLACK = 1 << 20  # elements after the pixel data (e.g. trailing padding)
 
-# The pixel limit. The largest radiographs in clinical use are stitched full-leg / whole-spine images,
-# about 43 x 130 cm at 0.1-0.15 mm a pixel (~ 4,300 x 13,000 = 56 megapixels); single flat-panel
-# exposures are 9-18 MP and digital mammograms ~ 30 MP. 100 MP admits all of them with room to
-# spare, and bounds one decoded image to 400 MB of float32 (FRACSCAN_MAX_PIXELS to change it).
-DEFAULT_MAX_PIXELS = 100_000_000
-MAX_PIXELS_ENV = "FRACSCAN_MAX_PIXELS"
 # The smallest side accepted: below it there is no radiograph to score (a 1 x 1 "image" is a mistake).
 MIN_SIDE = 8
 # JPEG frame headers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's SOF55: all declare height, then width.
@@ -83,17 +76,32 @@ class DecodeError(ValueError):
 
 
 def max_pixels() -> int:
-    """The pixel limit: FRACSCAN_MAX_PIXELS (read at each call, so a server's environment sets it), else 100 MP."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
+    """The pixel limit (fracscan.settings: FRACSCAN_MAX_PIXELS, else 100 MP); SettingError naming it when bad."""
+    return settings.current().max_pixels
+
+
+# Pillow's classes for the formats it decodes here. They are called directly, not through Image.open:
+# its decompression-bomb check reads Pillow's process-wide MAX_IMAGE_PIXELS, which fracscan leaves alone
+# (it belongs to the application); open_pillow applies fracscan's own limit to the size the header declares.
+_PILLOW_FORMATS: dict[str, Callable[[IO[bytes]], ImageFile.ImageFile]] = {
+    "png": PngImagePlugin.PngImageFile,
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
+    "jpeg2000": Jpeg2KImagePlugin.Jpeg2KImageFile,
+}
+_NAMES = {"npy": ".npy", "jpeg2000": "JPEG 2000"}
+
+
+def open_pillow(data: bytes, kind: str) -> ImageFile.ImageFile:
+    """The image `data` holds, opened lazily (header only) and checked against the pixel limit before any
+    pixel is decoded; Pillow's errors (SyntaxError, OSError, ...) pass through."""
+    img = _PILLOW_FORMATS[kind](io.BytesIO(data))
     try:
-        value = int(float(raw))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
-    return value
+        check_dimensions(img.size[0], img.size[1], _NAMES.get(kind, kind.upper()))
+    except BaseException:
+        img.close()
+        raise
+    return img
 
 
 def check_dimensions(width: int, height: int, what: str) -> None:
@@ -104,7 +112,7 @@ def check_dimensions(width: int, height: int, what: str) -> None:
     if width * height > limit:
         raise DecodeError(
             f"{what} image too large: {width} x {height} = {width * height / 1e6:.0f} megapixels, above the "
-            f"limit of {limit / 1e6:g} megapixels ({MAX_PIXELS_ENV})"
+            f"limit of {limit / 1e6:g} megapixels ({settings.MAX_PIXELS_ENV})"
         )
     if min(width, height) < MIN_SIDE:
         raise DecodeError(f"{what} image too small: {width} x {height} pixels, at least {MIN_SIDE} a side expected")
@@ -178,16 +186,15 @@ def declared_dimensions(data: bytes, kind: str) -> tuple[int, int] | None:
     elif kind == "jpeg2000":
         size = _j2k_size(data)
     elif kind == "tiff":
-        Image.MAX_IMAGE_PIXELS = max_pixels()
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-        except Image.DecompressionBombError:
-            raise DecodeError(f"TIFF image too large: above the limit of {max_pixels() / 1e6:g} megapixels") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            with open_pillow(data, kind) as img:  # reads only the directory, and checks the size it declares
+                return img.size
+        except (DecodeError, settings.SettingError):
+            raise
+        except (OSError, ValueError, SyntaxError, struct.error):
             return None
     if size is not None:
-        check_dimensions(size[0], size[1], {"npy": ".npy", "jpeg2000": "JPEG 2000"}.get(kind, kind.upper()))
+        check_dimensions(size[0], size[1], _NAMES.get(kind, kind.upper()))
     return size
 
 
@@ -201,9 +208,6 @@ def check_encapsulated_frame(pixel_data: bytes) -> None:
     size = _jpeg_size(fragment) if fragment.startswith(b"\xff\xd8") else _j2k_size(fragment)
     if size is not None:
         check_dimensions(size[0], size[1], "DICOM compressed frame")
-
-
-Image.MAX_IMAGE_PIXELS = max_pixels()  # never above our own limit (Pillow's is a second line)
 
 
 @dataclass(frozen=True)
@@ -537,20 +541,17 @@ def _decode_npy(data: bytes) -> DecodedImage:
 
 
 def _decode_pillow(data: bytes, kind: str) -> DecodedImage:
-    Image.MAX_IMAGE_PIXELS = max_pixels()
     try:
-        declared_dimensions(data, kind)  # PNG IHDR / JPEG SOF / TIFF IFD, before any pixel is decoded
-        with Image.open(io.BytesIO(data)) as img:
+        declared_dimensions(data, kind)  # PNG IHDR / JPEG SOF / TIFF IFD, before Pillow parses anything
+        with open_pillow(data, kind) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
                 arr = np.asarray(img)
             else:  # palette, LA, RGB(A), CMYK... -> RGB, then luminance
                 arr = np.asarray(img.convert("RGB"))
-    except DecodeError:
+    except (DecodeError, settings.SettingError):
         raise
-    except Image.DecompressionBombError:
-        raise DecodeError(f"{kind.upper()} image too large: above the limit of {max_pixels():,} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise DecodeError(f"unreadable {kind.upper()} image: {exc}") from None
     return DecodedImage(_to_gray(arr, kind.upper()), kind)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Jpeg2KImagePlugin
 
 __all__ = ["CodestreamHeader", "choose_level", "decode_at_level", "read_header"]
 
@@ -94,10 +94,11 @@ def choose_level(header: CodestreamHeader, min_side: int, max_scale: int | None 
 def decode_at_level(data: bytes, header: CodestreamHeader, level: int) -> NDArray[np.uint16]:
     """The stored values at resolution level `level` (a [h, w] uint16 array); raises on a broken codestream.
 
-    The caller has checked the declared size against the pixel limit: Pillow's own check is not needed.
+    The caller has checked the declared size against the pixel limit. Pillow's class is called directly, not
+    through Image.open, whose own check reads Pillow's process-wide MAX_IMAGE_PIXELS (the application's).
     """
-    with Image.open(io.BytesIO(data), formats=["JPEG2000"]) as img:
-        img.reduce = level  # type: ignore[assignment,method-assign]  # Pillow's Jpeg2KImageFile attribute
+    with Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(data)) as img:
+        img.reduce = level  # Pillow's Jpeg2KImageFile attribute
         img.load()
         mode, arr = img.mode, np.asarray(img)
     if arr.ndim != 2 or mode not in ("L", "I;16"):

@@ -7,10 +7,11 @@ whenever a session gets more than one (ten spinning sessions measured 10x slower
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from fracscan import settings
 
 Optimization = Literal["basic", "all"]
 CPU: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -33,7 +34,7 @@ def ort_session(
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads or int(os.environ.get("FRACSCAN_ORT_THREADS", "1"))
+    opts.intra_op_num_threads = threads or settings.current().ort_threads
     opts.inter_op_num_threads = 1
     if opts.intra_op_num_threads > 1:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -14,8 +14,9 @@ environment, the python backend works once three facts hold, and this module see
 
 The server is locked down (`RESTRICTED_APIS`: registering system shared memory, changing the log and
 trace settings need a header whose value is a random key made per start, so nobody has it) unless
-`allow_apis` opens them; started from the main thread, it dies with its Python process (PR_SET_PDEATHSIG); a start
-removes the /dev/shm regions that a killed earlier server left behind.
+`allow_apis` opens them; it never outlives the Python process that started it, however that ends and from
+whichever thread it was started (fracscan.watchdog); a start removes the /dev/shm regions that a killed
+earlier server left behind.
 
 `DEMO_REPOSITORY` is the committed demo repository of a source checkout; an installed wheel does
 not include it, so starting on a repository that does not exist fails with a message that names
@@ -25,7 +26,6 @@ the path and says to pass one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib.metadata
 import os
@@ -37,14 +37,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from fracscan import contract as c
+from fracscan import procfs, settings, watchdog
 from fracscan.pipeline import EnsembleRepository
 from fracscan.ports import require_free_ports
 
@@ -53,13 +53,13 @@ DEMO_REPOSITORY = PROJECT_ROOT / "model_repository"
 OLCZAK_DEMO_REPOSITORY = PROJECT_ROOT / "model_repository_olczak"  # the Olczak et al. 2017 system's DEMO
 SHM_DIR = Path("/dev/shm")  # where the python backend keeps its shared-memory regions
 SHM_PREFIX = re.compile(r"fracscan_(\d+)_\d+_")  # our regions: fracscan_<owner pid>_<http port>_<uuid>
+_MAPPED_REGION = re.compile(r"/dev/shm/(fracscan_\S+)")
 # APIs refused without the admin header: anyone who reaches the port could otherwise make the server
 # read inputs from / write outputs into any /dev/shm name, or change what it logs. `model-repository`
 # stays open: model control is `none` (no load / unload), and the SDK's health check reads its index.
 RESTRICTED_APIS = ("shared-memory", "logging", "trace")
 ADMIN_HEADER = "fracscan-admin-key"  # gRPC clients send it as metadata triton-grpc-protocol-fracscan-admin-key
 STUB_COMM = "triton_python_b"  # /proc/<pid>/comm of triton_python_backend_stub (the kernel keeps 15 characters)
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -97,6 +97,55 @@ def restricted_api_args(allow: tuple[str, ...] | list[str], key: str) -> list[st
     ]
 
 
+# Python-backend tensors travel through /dev/shm: start large enough for a batch of 8 pre-processed
+# frames at S = 1024 (8 x 8 MiB) and grow in the same big steps (Triton's defaults are 1 MiB).
+SHM_BYTES = 64 * 1024 * 1024
+
+
+def tritonserver_command(
+    repository: Path | str,
+    *,
+    admin_key: str,
+    allow_apis: tuple[str, ...] | list[str] = (),
+    http_port: int = c.HTTP_PORT,
+    grpc_port: int = c.GRPC_PORT,
+    metrics_port: int = c.METRICS_PORT,
+    shm_bytes: int = SHM_BYTES,
+    shm_growth_bytes: int | None = None,
+    binary: str = "tritonserver",
+    host: str | None = None,
+    backend_dir: Path | None = None,
+    shm_prefix: str | None = None,
+    exit_timeout_s: int | None = None,
+) -> list[str]:
+    """The tritonserver command line fracscan serves with: the embedded server's (EmbeddedServer.command) and
+    the container's (docker/entrypoint.sh prints it with `python -m fracscan.server --command`).
+
+    Models are fixed at start (no model control), the server is ready only once every model is, a model
+    that fails to load stops it, and RESTRICTED_APIS but `allow_apis` need header ADMIN_HEADER = `admin_key`.
+    `host` None listens on every address; `backend_dir`, `shm_prefix`, `exit_timeout_s` None keep Triton's.
+    """
+    args = [
+        binary,
+        f"--model-repository={repository}",
+        *([f"--backend-directory={backend_dir}"] if backend_dir is not None else []),
+        "--model-control-mode=none",  # no remote load/unload
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        *([f"--http-address={host}", f"--grpc-address={host}"] if host is not None else []),
+        "--allow-metrics=true",
+        *([f"--exit-timeout-secs={exit_timeout_s}"] if exit_timeout_s is not None else []),
+        f"--backend-config=python,shm-default-byte-size={shm_bytes}",
+        f"--backend-config=python,shm-growth-byte-size={shm_bytes if shm_growth_bytes is None else shm_growth_bytes}",
+        *([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"] if shm_prefix is not None else []),
+        *restricted_api_args(allow_apis, admin_key),
+    ]
+    return args
+
+
 @dataclass(frozen=True)
 class StubProcess:
     """One python-backend stub, a child of tritonserver."""
@@ -106,31 +155,15 @@ class StubProcess:
     running: bool  # False: exited (a zombie nobody reaps)
 
 
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
 def stub_processes(server_pid: int) -> dict[int, StubProcess]:
-    """The python stubs tritonserver `server_pid` started, from /proc (children of each of its threads)."""
-    children: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{server_pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children.update(int(c) for c in (task / "children").read_text().split())
+    """The python stubs tritonserver `server_pid` started (children of each of its threads)."""
     stubs = {}
-    for pid in children:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
-                continue
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # exited and reaped meanwhile
+    for pid in procfs.children(server_pid):
+        if procfs.comm(pid) != STUB_COMM:
+            continue
+        argv = procfs.cmdline(pid)
         model = Path(os.fsdecode(argv[1])).parts[-3] if len(argv) > 1 and argv[1].endswith(b"model.py") else ""
-        stubs[pid] = StubProcess(pid, model, _proc_state(pid) not in (None, "Z", "X"))
+        stubs[pid] = StubProcess(pid, model, procfs.running(pid))
     return stubs
 
 
@@ -142,11 +175,11 @@ def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
     stale = []
     for region in shm_dir.glob("fracscan_*"):
         match = SHM_PREFIX.match(region.name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
+        if match and procfs.state(int(match.group(1))) is None:
             stale.append(region)
     if not stale:
         return []
-    mapped = _mapped_shm_names()
+    mapped = procfs.mapped_files(_MAPPED_REGION)
     removed = []
     for region in stale:
         if region.name not in mapped:
@@ -154,31 +187,6 @@ def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
                 region.unlink()
                 removed.append(region.name)
     return removed
-
-
-def _mapped_shm_names() -> set[str]:
-    names: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            names.update(m.group(1) for m in re.finditer(r"/dev/shm/(fracscan_\S+)", maps.read_text()))
-    return names
-
-
-def _die_with_parent_hook() -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the thread that started it ends (even by SIGKILL).
-
-    prctl is looked up here, before the fork, so the child only calls it; a parent already gone
-    by then (the race the man page describes) ends the child at once.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 def free_port() -> int:
@@ -219,7 +227,7 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
     stub = root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {version}")
-    cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fracscan"
+    cache_dir = cache_dir or settings.current().cache_home / "fracscan"
     target = cache_dir / backends_dir_name(root, version)
     if not (target / "python" / "triton_python_backend_stub").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -236,10 +244,9 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
 class EmbeddedServer:
     """Start/stop `tritonserver` on a repository; a context manager.
 
-    Ports default to free ones. The server runs in its own process group, so stopping it
-    also stops every python stub it started (no stray processes). Started from the main thread it
-    also dies with this process however that ends (the kernel ties PR_SET_PDEATHSIG to the starting
-    thread, so a server started from a worker thread, which may end first, does not get it).
+    Ports default to free ones. The server runs in the process group of its watchdog (fracscan.watchdog),
+    so stopping it also stops every python stub it started (no stray processes), and the watchdog ends
+    them all when this process ends, however it ends and whichever thread started the server.
     `allow_apis`: which of RESTRICTED_APIS to leave open. Stop and start again to restart on the same ports.
     """
 
@@ -250,11 +257,12 @@ class EmbeddedServer:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     ort_threads: int = 1
-    shm_bytes: int = 64 * 1024 * 1024
+    shm_bytes: int = SHM_BYTES
     extra_args: list[str] = field(default_factory=list)
     allow_apis: tuple[str, ...] = ()
     exit_timeout_s: int = 10  # Triton's wait for requests in flight at SIGTERM
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False)  # leads the server's group
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).resolve()
@@ -280,26 +288,21 @@ class EmbeddedServer:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
-        root = _pytriton_root()
         return [
-            str(root / "tritonserver" / "bin" / "tritonserver"),
-            f"--model-repository={self.repository}",
-            f"--backend-directory={prepare_backends()}",
-            f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-port={self.metrics_port}",
-            f"--http-address={self.host}",
-            f"--grpc-address={self.host}",
-            "--model-control-mode=none",  # no remote load/unload
-            "--strict-readiness=true",
-            "--exit-on-error=true",
-            f"--exit-timeout-secs={self.exit_timeout_s}",
-            *restricted_api_args(self.allow_apis, self.admin_key),
-            # Python-backend tensors travel through /dev/shm: start large enough for a batch
-            # of 8 pre-processed frames at S = 1024 (8 x 8 MiB) and grow in big steps.
-            f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
-            f"--backend-config=python,shm-growth-byte-size={self.shm_bytes}",
-            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *tritonserver_command(
+                self.repository,
+                admin_key=self.admin_key,
+                allow_apis=self.allow_apis,
+                http_port=self.http_port,
+                grpc_port=self.grpc_port,
+                metrics_port=self.metrics_port,
+                shm_bytes=self.shm_bytes,
+                binary=str(_pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
+                host=self.host,
+                backend_dir=prepare_backends(),
+                shm_prefix=self.shm_prefix,
+                exit_timeout_s=self.exit_timeout_s,
+            ),
             *self.extra_args,
         ]
 
@@ -308,7 +311,7 @@ class EmbeddedServer:
         libs = _pytriton_root().parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["FRACSCAN_ORT_THREADS"] = str(self.ort_threads)
+        env[settings.ORT_THREADS_ENV] = str(self.ort_threads)
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
@@ -319,18 +322,22 @@ class EmbeddedServer:
         require_free_ports(self.host, http=self.http_port, grpc=self.grpc_port, metrics=self.metrics_port)
         remove_stale_regions()
         self.admin_key = secrets.token_hex(16)  # a new one per start: a key seen in a process list dies with it
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        # The log is closed here once the child has started: it keeps its own copy of the descriptor.
-        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                env=self.environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent_hook() if on_main_thread else None,
-            )
+        command, env = self.command(), self.environment()
+        self.watchdog = watchdog.spawn()
+        try:
+            # The log is closed here once the child has started: it keeps its own copy of the descriptor.
+            with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
+                self.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    process_group=self.watchdog.pid,  # set before exec: no moment without a watchdog
+                )
+        except OSError as exc:
+            self.stop()
+            raise ServerError(f"tritonserver could not be started: {exc}") from None
         try:
             self.wait_until_ready(timeout)
         except BaseException:
@@ -364,10 +371,8 @@ class EmbeddedServer:
         The process stays recorded until it is gone, so an interrupted stop can be repeated.
         """
         proc = self.process
-        if proc is None:
-            return
         try:
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 if not force and all(stub.running for stub in self.stubs().values()):
                     proc.terminate()  # tritonserver unloads the models and stops its python stubs
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -375,14 +380,68 @@ class EmbeddedServer:
                 proc.kill()
                 proc.wait()
         finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is left
+            self._end_group()
             for region in SHM_DIR.glob(f"{self.shm_prefix}*"):  # left behind if the server was killed
                 region.unlink(missing_ok=True)
             self.process = None
+
+    def _end_group(self) -> None:
+        """SIGKILL whatever is left of the server's group (stubs, the watchdog), then reap the watchdog.
+
+        The group is signalled before the watchdog is reaped: until then its PID, the group's ID, cannot
+        be given to another process.
+        """
+        dog = self.watchdog
+        if dog is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(dog.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            dog.stdin.close()  # type: ignore[union-attr]
+        dog.wait()
+        self.watchdog = None
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fracscan.server --command ...`: print tritonserver_command, one argument a line (exit 2 on a
+    bad setting, naming it). docker/entrypoint.sh runs it, so a container serves with the same command line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fracscan.server", description=main.__doc__)
+    parser.add_argument("--command", action="store_true", required=True, help="print the command line")
+    parser.add_argument("--repository", required=True)
+    parser.add_argument("--allow-api", default="", help=f"comma-separated, of {','.join(RESTRICTED_APIS)}")
+    parser.add_argument("--http-port", type=int, default=c.HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=c.GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=c.METRICS_PORT)
+    parser.add_argument("--shm-default-bytes", type=int, default=SHM_BYTES)
+    parser.add_argument("--shm-growth-bytes", type=int, default=SHM_BYTES)
+    args = parser.parse_args(argv)
+    allowed = tuple(a.strip() for a in args.allow_api.split(",") if a.strip())
+    try:
+        command = tritonserver_command(
+            args.repository,
+            admin_key=secrets.token_hex(16),  # a new one per start, written nowhere
+            allow_apis=allowed,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            shm_bytes=args.shm_default_bytes,
+            shm_growth_bytes=args.shm_growth_bytes,
+        )
+        if any("\n" in arg for arg in command):
+            raise ValueError("an argument of the tritonserver command holds a line break")
+    except ValueError as exc:
+        print(f"fracscan: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(command))
+
+
+if __name__ == "__main__":
+    main()

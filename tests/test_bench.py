@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPOSITORY, ROOT
 
 BENCH = ROOT / "benchmarks" / "bench.py"
@@ -87,3 +88,24 @@ def test_quick_benchmark_prints_a_json_report(tmp_path):
     for count, run_ in runs.items():
         assert run_["ok"] == int(count) and _positive(run_["peak_rss_mib"])
     assert _positive(report["memory"]["rss_ratio"])
+
+
+def test_the_gpu_report_refuses_clearly_without_cuda(tmp_path):
+    """`make bench-gpu` on a machine without a CUDA GPU: exit 2, why, and no report (nothing half-measured)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: run `make bench-gpu` itself")
+    report = tmp_path / "gpu_report.json"
+    make = subprocess.run(
+        ["make", "-n", "bench-gpu", f"BENCH_GPU_REPORT={report}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert make.returncode == 0 and f"benchmarks/bench_gpu.py --report {report}" in make.stdout
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--report needs torch with CUDA" in done.stderr and "no report was written" in done.stderr
+    assert not report.exists()

@@ -744,17 +744,22 @@ def test_compose_file():
 # ------------------------------------------------------------------------ entrypoint
 
 
-def _fake_bin(tmp_path: Path, python_exit: int | None) -> Path:
-    """A PATH folder with a stand-in tritonserver (records its argv) and python3."""
+def _fake_bin(tmp_path: Path, python_exit: int | None, interpreter: bool = True) -> Path:
+    """A PATH folder with a stand-in tritonserver (records its argv) and python3: this interpreter for
+    `-m fracscan.server` (the command line is fracscan's own), a stand-in for the engine build that records
+    its argv and exits `python_exit` (None: this interpreter too, the real build command runs).
+    `interpreter` False (a user who cannot run this interpreter): `-m fracscan.server` prints only the binary
+    and the repository it was given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "tritonserver").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$FAKE_LOG/tritonserver.args"\n')
-    if python_exit is None:  # this interpreter (and its environment): the real build command runs
-        (bin_dir / "python3").write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
-    else:
-        (bin_dir / "python3").write_text(
-            f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$FAKE_LOG/python3.args"\nexit {python_exit}\n'
-        )
+    real = f'exec "{sys.executable}" "$@"'
+    if not interpreter:
+        real = 'printf "tritonserver\\n--model-repository=%s\\n" "$5"; exit 0'
+    build = real if python_exit is None else f'printf "%s\\n" "$@" > "$FAKE_LOG/python3.args"\nexit {python_exit}'
+    (bin_dir / "python3").write_text(
+        f'#!/usr/bin/env bash\nif [[ "$1 $2" == "-m fracscan.server" ]]; then {real}; fi\n{build}\n'
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
@@ -783,7 +788,7 @@ def test_entrypoint_execs_tritonserver_with_explicit_settings(trt_repo, tmp_path
     assert proc.returncode == 0, proc.stderr
     args = (tmp_path / "tritonserver.args").read_text().split()
     args = [a.rsplit("=", 1)[0] + "=KEY" if "admin-key=" in a else a for a in args]  # a random key per start
-    assert args == [
+    assert args == [  # written out here, not built: the container's settings, flag by flag
         f"--model-repository={trt_repo}",
         "--model-control-mode=none",
         "--strict-readiness=true",
@@ -858,7 +863,7 @@ def test_entrypoint_mirrors_a_read_only_repository(trt_repo):
         shutil.copytree(trt_repo, repo)
         log.mkdir(mode=0o777)
         log.chmod(0o777)
-        bin_dir = _fake_bin(base, python_exit=0)
+        bin_dir = _fake_bin(base, python_exit=0, interpreter=not as_nobody)
         for p in [repo, *repo.rglob("*")]:
             p.chmod(0o555 if p.is_dir() else 0o444)
         mirror = log / "mirror"
@@ -890,3 +895,70 @@ def test_entrypoint_mirrors_a_read_only_repository(trt_repo):
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_entrypoint_restricts_the_apis_unless_allowed(tmp_path):
+    bin_dir = _fake_bin(tmp_path, python_exit=0)
+    (tmp_path / "fracscan.toml").write_text("")
+
+    def flags(allow: str) -> tuple[subprocess.CompletedProcess, str]:
+        env = {
+            "FRACSCAN_MODEL_REPOSITORY": str(tmp_path),
+            "FRACSCAN_SKIP_ENGINE_BUILD": "1",
+            "FRACSCAN_ALLOW_API": allow,
+        }
+        done = _entrypoint(tmp_path, bin_dir, env)
+        args = tmp_path / "tritonserver.args"
+        text = args.read_text() if done.returncode == 0 else ""
+        args.unlink(missing_ok=True)
+        return done, text
+
+    default = [a for a in flags("")[1].split() if "restricted" in a]
+    assert [a.split("=", 1)[0] for a in default] == ["--http-restricted-api", "--grpc-restricted-protocol"]
+    assert all(a.split("=", 1)[1].startswith("shared-memory,logging,trace:fracscan-admin-key=") for a in default)
+    key = default[0].rsplit("=", 1)[1]
+    assert len(key) == 32 and default[1].endswith(key) and key not in flags("")[1]  # a new random key per start
+    assert "=shared-memory,trace:" in flags("logging")[1]
+    assert "restricted" not in flags("shared-memory,logging,trace")[1]
+    refused, _ = flags("model-control")
+    assert refused.returncode == 2 and "cannot allow model-control" in refused.stderr
+    assert "FRACSCAN_ALLOW_API" in refused.stderr
+    bad_size = _entrypoint(
+        tmp_path,
+        bin_dir,
+        {
+            "FRACSCAN_MODEL_REPOSITORY": str(tmp_path),
+            "FRACSCAN_SKIP_ENGINE_BUILD": "1",
+            "FRACSCAN_SHM_GROWTH_BYTES": "1M",
+        },
+    )
+    assert bad_size.returncode == 2 and "--shm-growth-bytes: invalid int value: '1M'" in bad_size.stderr
+
+
+def test_the_embedded_server_adds_only_what_the_wheel_needs_to_the_container_command(tmp_path):
+    """Every flag the entrypoint passes is in EmbeddedServer's command; it adds only the pytriton wheel's
+    backends, the listening address, the exit timeout and its /dev/shm region names."""
+    from fracscan.server import EmbeddedServer
+
+    def blank_key(args: list[str]) -> set[str]:
+        return {a.rsplit("=", 1)[0] + "=KEY" if "admin-key=" in a else a for a in args}
+
+    bin_dir = _fake_bin(tmp_path, python_exit=0)
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository", repo)
+    done = _entrypoint(tmp_path, bin_dir, {"FRACSCAN_MODEL_REPOSITORY": str(repo), "FRACSCAN_ALLOW_API": "trace"})
+    assert done.returncode == 0, done.stderr
+    container = blank_key((tmp_path / "tritonserver.args").read_text().split())
+    embedded = blank_key(EmbeddedServer(repo, 8000, 8001, 8002, allow_apis=("trace",)).command()[1:])
+    assert container <= embedded
+    added = sorted(
+        a.split("=", 1)[0] + ("=" + a.split("=")[1] if a.startswith("--backend-config") else "")
+        for a in embedded - container
+    )
+    assert added == [
+        "--backend-config=python,shm-region-prefix-name",
+        "--backend-directory",
+        "--exit-timeout-secs",
+        "--grpc-address",
+        "--http-address",
+    ]

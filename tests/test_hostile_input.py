@@ -27,6 +27,7 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
+from fracscan import settings
 from fracscan.client import InvalidInput
 from fracscan.client.sources import read_source
 from fracscan.decode import MIN_SIDE, DecodeError, decode_image, max_pixels, read_dicom_header
@@ -143,15 +144,24 @@ def test_decompression_bomb_refused_fast_without_allocating_the_pixels(bombs, ki
     assert result["ms"] < 250 and result["peak_mib"] < 32, result  # measured: < 2 ms, < 2 MiB
 
 
-def test_the_limit_is_configurable_and_pillow_is_never_above_it(monkeypatch):
+@pytest.fixture
+def environment(monkeypatch):
+    """monkeypatch for environment variables, with fracscan's settings read again after each change is undone."""
+    yield monkeypatch
+    monkeypatch.undo()
+    settings.refresh()
+
+
+def test_the_limit_is_configurable_and_pillows_own_is_left_alone(environment):
+    pillows = Image.MAX_IMAGE_PIXELS
     png = io.BytesIO()
     Image.fromarray(small_image()).save(png, format="PNG")
     assert decode_image(png.getvalue()).pixels.shape == (64, 80)
-    assert max_pixels() >= Image.MAX_IMAGE_PIXELS
-    monkeypatch.setenv("FRACSCAN_MAX_PIXELS", "5000")  # 64 x 80 = 5120
+    environment.setenv("FRACSCAN_MAX_PIXELS", "5000")  # 64 x 80 = 5120
+    assert decode_image(png.getvalue()).pixels.shape == (64, 80)  # read once: a change needs refresh()
+    settings.refresh()
     with pytest.raises(DecodeError, match="PNG image too large: 80 x 64"):
         decode_image(png.getvalue())
-    assert Image.MAX_IMAGE_PIXELS <= 5000
     tiff, npy = io.BytesIO(), io.BytesIO()
     Image.fromarray(small_image()).save(tiff, format="TIFF")
     np.save(npy, small_image())
@@ -159,9 +169,51 @@ def test_the_limit_is_configurable_and_pillow_is_never_above_it(monkeypatch):
         decode_image(tiff.getvalue())
     with pytest.raises(DecodeError, match=r"\.npy image too large: 80 x 64"):
         decode_image(npy.getvalue())
-    monkeypatch.setenv("FRACSCAN_MAX_PIXELS", "lots")
-    with pytest.raises(ValueError, match="FRACSCAN_MAX_PIXELS must be a positive number"):
+    assert pillows == Image.MAX_IMAGE_PIXELS
+    environment.setenv("FRACSCAN_MAX_PIXELS", "lots")
+    settings.refresh()
+    with pytest.raises(settings.SettingError, match="FRACSCAN_MAX_PIXELS must be a positive number of pixels"):
         max_pixels()
+
+
+def test_pillows_limit_does_not_bind_fracscan_above_it(environment):
+    """An application's own (lower) Pillow limit is its business: fracscan decodes up to its own limit."""
+    environment.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    png = io.BytesIO()
+    Image.fromarray(small_image()).save(png, format="PNG")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(png.getvalue()))  # the application's limit, for its own use of Pillow
+    assert decode_image(png.getvalue()).pixels.shape == (64, 80)
+
+
+BAD_SETTING = """
+import PIL.Image, json, sys
+before = PIL.Image.MAX_IMAGE_PIXELS
+import fracscan.client, fracscan.decode, fracscan.server
+after = PIL.Image.MAX_IMAGE_PIXELS
+try:
+    fracscan.decode.decode_image(open(sys.argv[1], "rb").read())
+    error = None
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"before": before, "after": after, "error": error}))
+"""
+
+
+def test_a_bad_pixel_limit_does_not_break_the_import_and_fails_the_decode_naming_it(tmp_path):
+    png = tmp_path / "small.png"
+    Image.fromarray(small_image()).save(png, format="PNG")
+    done = subprocess.run(
+        [sys.executable, "-c", BAD_SETTING, str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FRACSCAN_MAX_PIXELS": "bogus"},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["after"] == result["before"]  # Pillow's own limit, untouched by importing fracscan
+    assert result["error"] == "SettingError: FRACSCAN_MAX_PIXELS must be a positive number of pixels, got 'bogus'"
 
 
 def test_deflated_dicom_decodes_and_one_that_inflates_beyond_its_image_is_refused():

@@ -179,7 +179,7 @@ def test_stop_removes_the_shared_memory_a_killed_server_leaves(repository):
 
     server = EmbeddedServer(repository).start()
     try:
-        os.killpg(server.process.pid, signal.SIGKILL)
+        os.killpg(os.getpgid(server.process.pid), signal.SIGKILL)  # server, stubs and watchdog: a crash
         server.process.wait(30)
         assert list(SHM_DIR.glob(f"{server.shm_prefix}*"))  # the crash left them behind
     finally:
