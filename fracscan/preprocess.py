@@ -99,6 +99,15 @@ class Geometry:
 
 _CROP_WORK_SIDE = 512  # crop statistics are computed on a block-averaged copy of this size
 _MARKER_GROWTH = np.ones((5, 5), np.uint8)  # keep_markers: content dilated by 2 work pixels (see _crop_box)
+# The crop rule, on the work copy normalised to its robust range (0 at the CROP_PERCENTILES' low point, 1 at the high):
+CROP_PERCENTILES = (1.0, 99.5)  # the dark border level and the bright end of the robust range
+CONTENT_LEVEL = 0.12  # a pixel above this is anatomy (or a burned-in marker), not dark border
+SATURATED_LEVEL = 0.97  # above this and locally flat: an unexposed (white) collimated border, not anatomy
+FLATNESS_WINDOW = (5, 5)  # work pixels over which "locally flat" is judged
+FLATNESS_VARIANCE = 1e-4  # a window whose normalised variance is below this is flat
+STRONG_ROW_SHARE = 0.15  # a row / column whose content share reaches this starts the anatomy's span...
+WEAK_ROW_SHARE = 0.01  # ...which extends over neighbours down to this share
+CROP_MARGIN = 2  # work pixels kept beyond the span: a sliver of border rather than cut anatomy
 
 
 def _block_mean(img: NDArray[Any], side: int) -> tuple[NDArray[Any], int]:
@@ -161,27 +170,27 @@ def _crop_box(
 ) -> tuple[int, int, int, int]:
     h, w = shape
     small = cv2.medianBlur(small, 3)  # 3 x 3 median; its border is replicated (scipy's "nearest")
-    lo, hi = np.percentile(small, [1.0, 99.5])
+    lo, hi = np.percentile(small, list(CROP_PERCENTILES))
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return 0, 0, h, w  # flat image: nothing to crop
     norm = (small - np.float32(lo)) / np.float32(hi - lo)
     # Bright uniform borders (unexposed collimated areas shown white) count as border too:
     # they are saturated *and* locally flat. BORDER_REFLECT is scipy's default "reflect".
-    mean = cv2.blur(norm, (5, 5), borderType=cv2.BORDER_REFLECT)
-    mean_sq = cv2.blur(norm * norm, (5, 5), borderType=cv2.BORDER_REFLECT)
-    flat = mean * mean >= mean_sq - 1e-4
-    content = (norm > 0.12) & ~(flat & (norm > 0.97))
+    mean = cv2.blur(norm, FLATNESS_WINDOW, borderType=cv2.BORDER_REFLECT)
+    mean_sq = cv2.blur(norm * norm, FLATNESS_WINDOW, borderType=cv2.BORDER_REFLECT)
+    flat = mean * mean >= mean_sq - FLATNESS_VARIANCE
+    content = (norm > CONTENT_LEVEL) & ~(flat & (norm > SATURATED_LEVEL))
     span = content_span
     if keep_markers:
         # A marker's thin strokes (an "L"'s foot: one or two pixels a column) fall below the weak level;
         # grown by 2 work pixels, the glyph is a solid blob whose rows and columns all reach it.
         content = cv2.dilate(content.view(np.uint8), _MARKER_GROWTH).view(bool)
         span = marker_span
-    span_y = span(content.mean(axis=1), strong=0.15, weak=0.01)
-    span_x = span(content.mean(axis=0), strong=0.15, weak=0.01)
+    span_y = span(content.mean(axis=1), strong=STRONG_ROW_SHARE, weak=WEAK_ROW_SHARE)
+    span_x = span(content.mean(axis=0), strong=STRONG_ROW_SHARE, weak=WEAK_ROW_SHARE)
     if span_y is None or span_x is None:
         return 0, 0, h, w
-    margin = 2  # work pixels: keep a sliver of border rather than cut anatomy
+    margin = CROP_MARGIN
     y0 = max(0, (span_y[0] - margin) * k)
     y1 = min(h, (span_y[1] + margin) * k)
     x0 = max(0, (span_x[0] - margin) * k)
