@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fracscan import contract as c
 from fracscan.onnxrt import ort_session
 from fracscan.pipeline import ReferenceRunner, prepare_frame
 from fracscan.preprocess import normalize_frame
@@ -74,7 +75,7 @@ def decision_flips(repository: Path, device: str) -> dict:
                 path = runner.repo.member_onnx(i)
                 if precision == "fp16":
                     half = float16.convert_float_to_float16(onnx.load(path), keep_io_types=True)
-                    path = Path(tmp) / f"member_{i:02d}_fp16.onnx"
+                    path = Path(tmp) / f"{c.member_model(i)}_fp16.onnx"
                     onnx.save(half, path)
                 paths.append(path)
             runner.sessions = [_cuda_session(p, device) for p in paths]
@@ -127,14 +128,14 @@ def normalize(repository_spec, device: str, reps: int = 20, batch: int = 8) -> d
 
 
 def _normalize_one(session, frames: np.ndarray, pre, reps: int, device: str) -> dict:
-    graph = session.run(["PIXELS"], {"FRAME": frames})[0]
+    graph = session.run([c.PIXELS], {c.FRAME: frames})[0]
     reference = np.stack([normalize_frame(f[0], pre) for f in frames])
     diff = np.abs(graph - reference).reshape(len(frames), pre.channels, -1).mean(axis=2)
     return {
         "size": pre.size,
         "batch": len(frames),
         "graph_device": device,
-        "graph_ms_per_batch": _median_ms(lambda: session.run(["PIXELS"], {"FRAME": frames}), reps),
+        "graph_ms_per_batch": _median_ms(lambda: session.run([c.PIXELS], {c.FRAME: frames}), reps),
         "numpy_ms_per_frame": _median_ms(lambda: normalize_frame(frames[0, 0], pre), max(reps // 4, 3)),
         "max_mean_abs_difference_per_channel": [float(x) for x in diff.max(axis=0)],
     }

@@ -297,7 +297,7 @@ def predict_studies(
         record = client.provenance()
         show_provenance(record)
         heads = served_heads(client)
-        after = study_sr_writer(sr_dir, record) if sr_dir is not None else None
+        after = study_sr_writer(sr_dir) if sr_dir is not None else None
         stream = files.enter_context(open(output, "a" if resume else "w")) if output else sys.stdout
         writer = Writer(fmt, stream, append=bool(resume and skipped), heads=heads)
         for error in unmatched:

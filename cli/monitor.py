@@ -45,7 +45,10 @@ class ReportFormat(StrEnum):
 
 
 def monitor(
-    results: Annotated[list[Path], typer.Argument(help="Result rows (JSONL of predict or listen --results-log).")],
+    results: Annotated[
+        list[Path],
+        typer.Argument(help="Result rows: the JSONL of `fracscan predict`, or the results log of `fracscan listen`."),
+    ],
     verdicts: Annotated[
         Path | None,
         typer.Option(help="Radiologists' reads (CSV: source or sop_instance_uid, fracture 1/0, [date], [judgement])."),

@@ -56,6 +56,9 @@ DESCRIPTIONS: dict[str, str] = {
     "<HEAD>_PROBS": "the members' mean softmax, in the spec's class order; `label_filename` = `<head>_labels.txt` "
     "(Triton's classification extension answers `1.000000:0:left`)",
     c.QC: "empty, or the quality-control warnings joined by `; `",
+    c.MODEL_IDENTITY: "who answered, as compact JSON: `spec`, `members` (the members' content hash), `thresholds` "
+    "(the applied thresholds' content hash), `flags` (`demo`, `random_weights`, `uncalibrated`); read by the "
+    "`threshold` step from the files it serves (see identity.md)",
     c.STUDY_SCORE: "the views' scores aggregated by the rule",
     c.STUDY_FRACTURE: "`STUDY_SCORE >= STUDY_THRESHOLD`",
     c.STUDY_THRESHOLD: "the study threshold applied",
@@ -176,7 +179,7 @@ buffer` or `Unable to parse 'inputs'`: Triton's own behaviour, which a python mo
 treat it as a client error (the SDK never sends one).
 
 The ensemble's response `parameters` hold `sequence_id`, `sequence_start` and `sequence_end` once per
-output tensor (ten times for a full answer): Triton's ensemble scheduler adds them; fracscan's models
+output tensor (eleven times for a full answer): Triton's ensemble scheduler adds them; fracscan's models
 answer no parameters (a request to one of them directly carries none). They mean nothing for this
 stateless model; ignore them.
 

@@ -151,7 +151,7 @@ def unreachable_url(scheme: str):
 
 
 def same(a: Prediction, b: Prediction) -> bool:
-    strip = lambda p: {k: v for k, v in p.to_dict().items() if k != "latency_s"}  # noqa: E731
+    strip = lambda p: {k: v for k, v in p.to_dict().items() if k not in ("latency_s", "scored_at")}  # noqa: E731
     da, db = strip(a), strip(b)
     close = abs(da.pop("score") - db.pop("score")) <= 1e-6 and np.allclose(
         da.pop("member_scores"), db.pop("member_scores"), atol=1e-6
@@ -235,7 +235,9 @@ def test_prediction_is_typed_frozen_and_json_ready(server, files):
     assert all(isinstance(b, list) and len(b) == 5 for b in d["boxes"])
     assert len(d["member_scores"]) == len(p.member_scores)
     e = PredictionError("x.png", "broken", "input")
-    assert e.ok is False and e.to_dict() == {"source": "x.png", "ok": False, "error": "broken", "kind": "input"}
+    row = e.to_dict()
+    assert e.ok is False and row.pop("scored_at").endswith("Z") and set(row.pop("acquisition")) >= {"modality", "rows"}
+    assert row == {"source": "x.png", "ok": False, "error": "broken", "kind": "input"}
 
 
 def test_decode_on_client_gives_the_same_answer(server, files):

@@ -289,6 +289,6 @@ def test_the_response_parameters_are_as_the_contract_page_says(server):
         timeout=60,
     )
     step = httpx.post(f"{server.http_url}/v2/models/preprocess/infer", json=body, timeout=60)
-    assert full.text.count('"sequence_id"') == len(full.json()["outputs"]) == 10
+    assert full.text.count('"sequence_id"') == len(full.json()["outputs"]) == 11
     assert two.text.count('"sequence_id"') == 2 and '"sequence_id"' not in step.text
     assert "once per\noutput tensor" in (ROOT / "docs" / "contract.md").read_text()

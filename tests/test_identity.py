@@ -1,6 +1,6 @@
 """Every answer names the model that made it, and no answer comes from the wrong one.
 
-Subprocesses and real embedded servers: the session's demo server, and a small clinical repository
+Subprocesses and real embedded servers: the shared demo server of the test run, and a small clinical repository
 (two of the demo's member files under another spec) that is served, recalibrated and redeployed on
 the same ports, then re-exported with random weights.
 """

@@ -79,10 +79,12 @@ def assert_clean(text: str, *also: str) -> None:
 
 
 def listener_rows(paths: list[Path], url: str, tmp_path: Path) -> list[dict]:
+    from fracscan.pacs.access import AllowList
     from fracscan.pacs.listener import Listener, ListenerConfig
 
     port, log = free_port(), tmp_path / "node.jsonl"
-    config = ListenerConfig("FRACSCAN", port, url, tmp_path / "spool", host="127.0.0.1", results_log=log)
+    allow = AllowList.parse(["MODALITY@127.0.0.1"])
+    config = ListenerConfig("FRACSCAN", port, url, tmp_path / "spool", host="127.0.0.1", allow=allow, results_log=log)
     node = Listener(config)
     node.start()
     worker = threading.Thread(target=node.serve, daemon=True)

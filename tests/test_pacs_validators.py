@@ -33,7 +33,6 @@ from fracscan.demo.synthetic import REGIONS_WITH_VIEWS, VIEWS, make_case, write_
 from fracscan.pacs import filing, gsps
 from fracscan.pacs.dimse import Destination, store_datasets
 from fracscan.pacs.results import build_results, write_results
-from fracscan.provenance import Provenance
 from fracscan.server import OLCZAK_DEMO_REPOSITORY, EmbeddedServer
 
 TOOLS = ("dciodvfy", "dcentvfy", "dcmpschk", "dcmp2pgm", "java")
@@ -124,9 +123,9 @@ def uncompressed(source: Path, folder: Path) -> Path:
     return path
 
 
-def _score_and_write(client: FracScanClient, source: Path, folder: Path, provenance: Provenance | None) -> Case:
+def _score_and_write(client: FracScanClient, source: Path, folder: Path) -> Case:
     prediction = client.predict(source)
-    paths = write_results(folder, source.read_bytes(), prediction, provenance)
+    paths = write_results(folder, source.read_bytes(), prediction)
     return Case(source, prediction, {p.name.rsplit(".", 2)[1]: p for p in paths})
 
 
@@ -138,8 +137,7 @@ def cases(server, tmp_path_factory) -> dict[str, Case]:
     if nema is not None:
         sources["cr_mono1_nema"] = Path(nema)
     with FracScanClient(server.http_url) as client:
-        provenance = client.provenance()
-        return {name: _score_and_write(client, path, folder / name, provenance) for name, path in sources.items()}
+        return {name: _score_and_write(client, path, folder / name) for name, path in sources.items()}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +155,7 @@ def olczak_case(tmp_path_factory) -> Case:
             ds = pydicom.dcmread(path)
             ds.ImageLaterality = "L" if case.laterality == "R" else "R"
             ds.save_as(path)
-            found = _score_and_write(client, path, folder / "results", client.provenance())
+            found = _score_and_write(client, path, folder / "results")
             if found.prediction.qc and found.prediction.heads:
                 return found
     pytest.fail("no synthetic view drew a QC warning from the Olczak demo")
@@ -311,7 +309,7 @@ def test_instance_numbers_are_unique_within_each_result_series(cases):
         buffer = io.BytesIO()
         ds.save_as(buffer)
         data = buffer.getvalue()
-        for result in build_results(data, case.prediction, None):
+        for result in build_results(data, case.prediction):
             numbers.setdefault(str(result.SeriesInstanceUID), set()).add(int(result.InstanceNumber))
     assert len(numbers) == 3 and all(len(n) == 2 for n in numbers.values())
     assert filing.instance_number(pydicom.dcmread(case.source, stop_before_pixels=True)) >= 1
