@@ -129,7 +129,10 @@ class Listener:
         config = self.config
         ae = AE(ae_title=config.ae_title)
         ae.require_called_aet = False  # both AE titles are checked (and logged) by _on_requested
-        ae.maximum_associations = config.max_associations
+        # The gate (below) holds open connections to --max-associations and --max-per-address. pynetdicom
+        # counts association threads, including those of connections the gate has just closed that have
+        # not ended yet: its own limit sits above the gate's so that those never lock out an allowed peer.
+        ae.maximum_associations = 2 * config.max_associations
         ae.network_timeout = ae.acse_timeout = config.idle_timeout
         ae.dimse_timeout = config.dimse_timeout
         for context in AllStoragePresentationContexts:

@@ -358,6 +358,7 @@ def test_twelve_idle_connections_from_another_address_do_not_lock_out_the_allowe
             sock.close()
         assert closed == 12
         running.wait_log("SR, GSPS and SC stored")
+        running.wait_log("connection from 127.0.0.2 closed at once")
         text = running.text()
     assert "connection from 127.0.0.2 closed at once: 4 connections from this address already open" in text
     assert len(re.findall("connection from 127.0.0.2 closed at once", text)) == 1  # rate-limited
