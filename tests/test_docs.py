@@ -131,7 +131,7 @@ def _pacs(outputs: list[str], cwd: Path) -> None:
 
 
 def _olczak(outputs: list[str], cwd: Path) -> None:
-    assert "laterality" in outputs[0] and "0.497" in outputs[0]
+    assert "laterality" in outputs[0] and "0.962" in outputs[0]
 
 
 CHECKS: dict[str, Callable[[list[str], Path], None]] = {

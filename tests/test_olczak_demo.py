@@ -2,7 +2,8 @@
 
 Held-out synthetic exam views (seeds no build split used) go through the served ensemble without a
 region: the answers must equal the in-process reference, heads included, and the trained heads must
-read what the images show (body part and laterality accuracy >= 0.9). A DICOM whose
+read what the images show (body part and laterality accuracy >= 0.9), and so must the fracture output
+(scikit-learn's AUC of the served scores >= 0.85). A DICOM whose
 ImageLaterality contradicts a confident laterality head gets the QC warning naming both.
 """
 
@@ -55,11 +56,13 @@ def test_the_olczak_demo_says_it_is_a_demo():
 def test_served_heads_equal_the_reference_and_read_the_images(olczak_server, reference):
     cases = held_out_cases()
     correct = {"laterality": 0, "body_part": 0}
+    scores = []
     with FracScanClient(olczak_server.http_url) as client:
         for case in cases:
             data = png_bytes(case)
             served, ref = client.predict(data), reference.predict(data)
             assert served.score == pytest.approx(ref.score, abs=1e-5)
+            scores.append(served.score)
             assert (served.region, served.region_source) == (ref.region, ref.region_source)
             assert served.qc == ref.qc == ()  # a PNG states nothing that could be contradicted
             for head, found in ref.heads.items():
@@ -69,6 +72,9 @@ def test_served_heads_equal_the_reference_and_read_the_images(olczak_server, ref
             correct["body_part"] += served.heads["body_part"].label == case.region
     accuracy = {head: n / len(cases) for head, n in correct.items()}
     assert accuracy["body_part"] >= 0.9 and accuracy["laterality"] >= 0.9, accuracy
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score([c.fracture for c in cases], scores) >= 0.85
 
 
 def _dicom(case, image_laterality: str, folder) -> bytes:
